@@ -1,0 +1,320 @@
+"""The `iz-engine` command line: serve, send, validate, db, cdsi-check, schedule.
+
+Each command loads configuration once, builds what it needs and hands each part its slice.
+Exit codes: 0 success, 1 the work ran but found problems, 2 usage/configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+from typing import TextIO
+
+from engine import config as config_mod
+from engine.errors import ConfigError
+from engine.observability import logging as obs_logging
+from engine.observability.metrics import Metrics
+from engine.pipeline import MessageHandler, Pipeline, build_pipeline
+from engine.responses import ACKS_DIR, AckPolicy, ResponseBuilder, system_clock
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iz-engine", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the MLLP listener and the HTTP side")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--database-url")
+    s.add_argument("--as-of", help="fixed assessment date YYYY-MM-DD (test environments)")
+
+    snd = sub.add_parser("send", help="replay message files/folders over MLLP")
+    snd.add_argument("target", metavar="HOST:PORT")
+    snd.add_argument("paths", nargs="+", type=Path)
+    snd.add_argument("--concurrency", type=int, default=1)
+    snd.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("validate", help="check messages offline and print the response")
+    v.add_argument("paths", nargs="+", type=Path)
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--config", type=Path)
+
+    db = sub.add_parser("db", help="database schema")
+    dbs = db.add_subparsers(dest="db_command", required=True)
+    up = dbs.add_parser("upgrade", help="apply migrations")
+    up.add_argument("--database-url")
+    up.add_argument("--config", type=Path)
+
+    c = sub.add_parser("cdsi-check", help="run CDC CDSi test cases through the forecaster")
+    c.add_argument("cases", type=Path)
+    c.add_argument("--json", action="store_true")
+
+    sch = sub.add_parser("schedule", help="CDSi schedule data")
+    schs = sch.add_subparsers(dest="schedule_command", required=True)
+    imp = schs.add_parser("import", help="compile a CDC supporting-data release")
+    imp.add_argument("src", type=Path)
+    imp.add_argument("--dest", type=Path)
+    return p
+
+
+def _load_config(path: Path | None, err: TextIO) -> config_mod.Config | None:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=err)
+        return None
+
+
+def _policy(cfg: config_mod.Config) -> AckPolicy:
+    path = Path(cfg.ack_policy)
+    if not path.is_absolute() and not path.exists():
+        path = ACKS_DIR.parent / cfg.ack_policy
+    return AckPolicy.load(path)
+
+
+def _validator(cfg: config_mod.Config, policy: AckPolicy) -> object | None:
+    """The conformance validator, when the validation package and profiles are present."""
+    try:
+        from engine.validation import Validator
+    except ImportError:
+        return None
+    return Validator.load(severity_overrides=policy.severity_overrides)
+
+
+def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
+                  handlers: dict[str, MessageHandler] | None = None) -> Pipeline:
+    policy = _policy(cfg)
+    clock = system_clock
+    if cfg.as_of:
+        fixed = date.fromisoformat(cfg.as_of)
+        pipeline_today = lambda: fixed  # noqa: E731 - a one-line injected clock
+    else:
+        pipeline_today = None
+    responses = ResponseBuilder(cfg.identity, clock=clock, policy=policy)
+    validator = _validator(cfg, policy)
+    pipeline = build_pipeline(cfg, metrics, responses=responses, handlers=handlers,
+                              validator=validator)  # type: ignore[arg-type]
+    if pipeline_today is not None:
+        pipeline.today = pipeline_today
+    return pipeline
+
+
+async def _serve(cfg: config_mod.Config) -> int:
+    from engine.http import HttpServer
+    from engine.server import MllpServer, install_event_loop_policy  # noqa: F401
+
+    log = obs_logging.get_logger("engine.cli")
+    metrics = Metrics()
+    pipeline = make_pipeline(cfg, metrics)
+    server = MllpServer(cfg.server, pipeline, metrics)
+    http = HttpServer(cfg.http, metrics.registry, ready=lambda: True)
+    await server.start()
+    await http.start()
+    log.info("engine.started", mllp_port=server.port, http_port=http.port,
+             database=cfg.database.url.split("://")[0])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("engine.stopping")
+    await server.shutdown()
+    await http.shutdown()
+    pipeline.close()
+    log.info("engine.stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, err: TextIO) -> int:
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return 2
+    server = cfg.server
+    if args.host:
+        server = replace(server, host=args.host)
+    if args.port is not None:
+        server = replace(server, port=args.port)
+    http = cfg.http if args.http_port is None else replace(cfg.http, port=args.http_port)
+    database = cfg.database if not args.database_url else replace(cfg.database,
+                                                                  url=args.database_url)
+    if args.as_of:
+        try:
+            date.fromisoformat(args.as_of)
+        except ValueError:
+            print("serve: --as-of must be YYYY-MM-DD", file=err)
+            return 2
+    cfg = replace(cfg, server=server, http=http, database=database,
+                  as_of=args.as_of or cfg.as_of)
+    obs_logging.configure(cfg.logging.format, cfg.logging.level)
+    from engine.server import install_event_loop_policy
+
+    install_event_loop_policy()
+    return asyncio.run(_serve(cfg))
+
+
+def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from engine.client import send_paths
+
+    if args.concurrency < 1:
+        print("send: --concurrency must be at least 1", file=err)
+        return 2
+    return asyncio.run(send_paths(args.target, list(args.paths), args.concurrency, args.json,
+                                  out, progress=err.isatty() and not args.json))
+
+
+def _message_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*")
+                            if p.is_file() and not p.name.startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """Split a file's bytes into messages: each starts at a line beginning with MSH."""
+    text = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    messages: list[list[bytes]] = []
+    for line in text.split(b"\r"):
+        if not line.strip():
+            continue
+        if line.startswith(b"MSH") or not messages:
+            messages.append([])
+        messages[-1].append(line)
+    return [b"\r".join(m) + b"\r" for m in messages]
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return 2
+    metrics = Metrics()
+    pipeline = make_pipeline(cfg, metrics)
+    worst = 0
+    for path in _message_files(args.paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"validate: {path}: {exc.strerror}", file=err)
+            worst = 2
+            continue
+        for index, payload in enumerate(split_messages(data), start=1):
+            response = pipeline.process(payload, peer="validate")
+            text = response.decode("utf-8", errors="replace")
+            report = _report(pipeline, payload)
+            msa = next((seg.split("|")[1] for seg in text.split("\r") if seg.startswith("MSA|")),
+                       "")
+            if msa != "AA":
+                worst = max(worst, 1)
+            if args.json:
+                print(json.dumps({"file": str(path), "index": index, "msa": msa,
+                                  "response": text.split("\r")[:-1], "report": report}),
+                      file=out)
+            else:
+                print(f"== {path} #{index}: {msa}", file=out)
+                print(text.replace("\r", "\n"), end="", file=out)
+                if report:
+                    print(report, file=out)
+    pipeline.close()
+    return worst
+
+
+def _report(pipeline: Pipeline, payload: bytes) -> str:
+    """The validator's readable report (rule, location, value) when a validator is present."""
+    if pipeline.validator is None:
+        return ""
+    from engine.hl7 import decode, parse
+    from engine.validation import format_report
+
+    try:
+        message = parse(decode(payload))
+    except Exception:  # the response already reports why it could not be read
+        return ""
+    result = pipeline.validator.validate(message, pipeline.today())
+    return format_report(result, message)
+
+
+def cmd_db(args: argparse.Namespace, err: TextIO) -> int:
+    try:
+        from engine.store.migrate import upgrade
+    except ImportError:
+        print("db upgrade: the registry store is not part of this build yet", file=err)
+        return 2
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return 2
+    url = args.database_url or cfg.database.url
+    upgrade(url)
+    print(f"database at {url.split('://')[0]} is up to date", file=err)
+    return 0
+
+
+def cmd_cdsi_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        from engine.forecast.cdsi_check import format_report, run_cases
+    except ImportError:
+        print("cdsi-check: the forecaster is not part of this build yet", file=err)
+        return 2
+    if not args.cases.exists():
+        print(f"cdsi-check: {args.cases}: file not found", file=err)
+        return 2
+    report = run_cases(args.cases)
+    print(format_report(report, args.json), file=out)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        from engine.forecast.schedule_import import import_release
+    except ImportError:
+        print("schedule import: the forecaster is not part of this build yet", file=err)
+        return 2
+    if not args.src.is_dir():
+        print(f"schedule import: {args.src}: not a directory", file=err)
+        return 2
+    dest = args.dest
+    if dest is None:
+        from engine.forecast import schedule as schedule_mod
+
+        dest = Path(getattr(schedule_mod, "DEFAULT_SCHEDULE_PATH"))  # noqa: B009
+    summary = import_release(args.src, dest)
+    print(summary, file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    if args.command == "serve":
+        return cmd_serve(args, err)
+    if args.command == "send":
+        return cmd_send(args, out, err)
+    if args.command == "validate":
+        return cmd_validate(args, out, err)
+    if args.command == "db":
+        return cmd_db(args, err)
+    if args.command == "cdsi-check":
+        return cmd_cdsi_check(args, out, err)
+    if args.command == "schedule":
+        return cmd_schedule(args, out, err)
+    return 2
+
+
+_ = (os, datetime)
+
+if __name__ == "__main__":
+    sys.exit(main())

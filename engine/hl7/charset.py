@@ -1,0 +1,139 @@
+"""Bytes → text by MSH-18, and a best-effort header peek that works on any bytes.
+
+HL7 table 0211 names the character set in MSH-18. We honour ``ASCII``, ``8859/1`` and
+``UNICODE UTF-8`` (also the common spellings ``UTF-8``/``UNICODE``). An empty MSH-18 means the
+HL7 default (ASCII); since UTF-8 is a strict superset and is what EHRs really send, an empty
+MSH-18 decodes as UTF-8. Bytes invalid in the declared set raise `MessageDecodeError` with the
+segment/field where the first bad byte sits; they never raise anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import Location, MessageDecodeError
+
+CHARSETS: dict[str, str] = {
+    "": "utf-8",
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "ISO-8859-1": "latin-1",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """MSH fields read without parsing the message; every value may be "" when unreadable."""
+
+    field_sep: str = "|"
+    component_sep: str = "^"
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    control_id: str = ""
+    message_type: str = ""
+    trigger_event: str = ""
+    processing_id: str = ""
+    version: str = ""
+    charset: str = ""
+    profile: str = ""
+    responsible_sending_org: str = ""
+    responsible_receiving_org: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.message_type or self.control_id)
+
+
+def _first_line(data: bytes) -> bytes:
+    start = data.find(b"MSH")
+    if start < 0:
+        return b""
+    end = len(data)
+    for sep in (b"\r", b"\n"):
+        pos = data.find(sep, start)
+        if 0 <= pos < end:
+            end = pos
+    return data[start:end]
+
+
+def peek_header(data: bytes) -> Header:
+    """Read MSH fields from raw bytes, never failing (used to answer even unparseable frames)."""
+    line = _first_line(data)
+    if len(line) < 8:
+        return Header()
+    text = line.decode("latin-1")
+    fs = text[3]
+    if fs.isalnum() or fs.isspace():
+        return Header()
+    parts = text.split(fs)
+    enc = parts[1] if len(parts) > 1 else ""
+    cs = enc[0] if enc and not enc[0].isalnum() and enc[0] != fs else "^"
+
+    def f(n: int) -> str:  # MSH-n is parts[n-1]
+        return parts[n - 1] if n - 1 < len(parts) else ""
+
+    def c(n: int, comp: int = 1) -> str:
+        comps = f(n).split(cs)
+        return comps[comp - 1] if comp - 1 < len(comps) else ""
+
+    def clip(value: str, limit: int = 199) -> str:
+        return value[:limit]
+
+    return Header(
+        field_sep=fs,
+        component_sep=cs,
+        sending_application=clip(f(3)),
+        sending_facility=clip(f(4)),
+        receiving_application=clip(f(5)),
+        receiving_facility=clip(f(6)),
+        control_id=clip(f(10)),
+        message_type=clip(c(9, 1)),
+        trigger_event=clip(c(9, 2)),
+        processing_id=clip(c(11, 1)),
+        version=clip(c(12, 1)),
+        charset=clip(f(18)),
+        profile=clip(c(21, 1)),
+        responsible_sending_org=clip(f(22)),
+        responsible_receiving_org=clip(f(23)),
+    )
+
+
+def _location_of(data: bytes, offset: int, field_sep: int) -> Location:
+    before = data[:offset].replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    lines = before.split(b"\r")
+    seq_counts: dict[bytes, int] = {}
+    for line in lines:
+        seq_counts[line[:3]] = seq_counts.get(line[:3], 0) + 1
+    current = lines[-1]
+    seg_id = current[:3]
+    field_no = current.count(bytes([field_sep]))
+    if seg_id == b"MSH":
+        field_no += 1
+    try:
+        name = seg_id.decode("ascii")
+    except UnicodeDecodeError:
+        name = ""
+    return Location(name if name.isalnum() and len(name) == 3 else "",
+                    seq_counts.get(seg_id, 1), field_no)
+
+
+def decode(data: bytes, header: Header | None = None) -> str:
+    """Decode a frame's bytes per its MSH-18; raises MessageDecodeError with a location."""
+    header = header or peek_header(data)
+    declared = header.charset.split(header.component_sep)[0].strip().upper()
+    codec = CHARSETS.get(declared)
+    if codec is None:
+        raise MessageDecodeError(f"MSH-18 character set '{declared[:20]}' is not supported",
+                                 Location("MSH", 1, 18))
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        fs = ord(header.field_sep) if len(header.field_sep) == 1 else 0x7C
+        raise MessageDecodeError(
+            f"Byte 0x{data[exc.start]:02X} is not valid {declared or 'UTF-8'} text",
+            _location_of(data, exc.start, fs)) from None

@@ -1,0 +1,1 @@
+"""Structured logging (no PHI) and Prometheus metrics on an injected registry."""
