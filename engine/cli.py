@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +22,7 @@ from engine.observability import logging as obs_logging
 from engine.observability.metrics import Metrics
 from engine.pipeline import MessageHandler, Pipeline, build_pipeline
 from engine.responses import ACKS_DIR, AckPolicy, ResponseBuilder, system_clock
+from engine.validation import Validator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,12 +82,8 @@ def _policy(cfg: config_mod.Config) -> AckPolicy:
     return AckPolicy.load(path)
 
 
-def _validator(cfg: config_mod.Config, policy: AckPolicy) -> object | None:
-    """The conformance validator, when the validation package and profiles are present."""
-    try:
-        from engine.validation import Validator
-    except ImportError:
-        return None
+def _validator(policy: AckPolicy) -> Validator:
+    """The conformance validator, compiled once from profiles/ at start-up."""
     return Validator.load(severity_overrides=policy.severity_overrides)
 
 
@@ -101,9 +97,8 @@ def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
     else:
         pipeline_today = None
     responses = ResponseBuilder(cfg.identity, clock=clock, policy=policy)
-    validator = _validator(cfg, policy)
     pipeline = build_pipeline(cfg, metrics, responses=responses, handlers=handlers,
-                              validator=validator)  # type: ignore[arg-type]
+                              validator=_validator(policy))
     if pipeline_today is not None:
         pipeline.today = pipeline_today
     return pipeline
@@ -111,12 +106,14 @@ def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
 
 async def _serve(cfg: config_mod.Config) -> int:
     from engine.http import HttpServer
-    from engine.server import MllpServer, install_event_loop_policy  # noqa: F401
+    from engine.server import MllpServer
+    from engine.service import AsyncPipeline
 
     log = obs_logging.get_logger("engine.cli")
     metrics = Metrics()
     pipeline = make_pipeline(cfg, metrics)
-    server = MllpServer(cfg.server, pipeline, metrics)
+    frames = AsyncPipeline(pipeline)
+    server = MllpServer(cfg.server, frames, metrics)
     http = HttpServer(cfg.http, metrics.registry, ready=lambda: True)
     await server.start()
     await http.start()
@@ -130,7 +127,7 @@ async def _serve(cfg: config_mod.Config) -> int:
     log.info("engine.stopping")
     await server.shutdown()
     await http.shutdown()
-    pipeline.close()
+    frames.close()
     log.info("engine.stopped")
     return 0
 
@@ -229,7 +226,6 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 print(text.replace("\r", "\n"), end="", file=out)
                 if report:
                     print(report, file=out)
-    pipeline.close()
     return worst
 
 
@@ -313,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_schedule(args, out, err)
     return 2
 
-
-_ = (os, datetime)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,13 +10,13 @@ unexpected exception answers AR 207 with a fixed text and is logged without mess
 
 from __future__ import annotations
 
-import asyncio
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.config import AcceptConfig, Config
@@ -127,7 +127,7 @@ class Pipeline:
                  validator: Validator | None = None,
                  handlers: Mapping[str, MessageHandler] | None = None,
                  today: Callable[[], date] | None = None,
-                 executor_threads: int = 0, max_frame_bytes: int = 4 * 1024 * 1024,
+                 max_frame_bytes: int = 4 * 1024 * 1024,
                  journal: Journal | None = None) -> None:
         self.accept = accept
         self.responses = responses
@@ -137,9 +137,6 @@ class Pipeline:
         self.journal = journal
         self.max_frame_label = f"{max_frame_bytes} byte"
         self.today = today or (lambda: responses.clock().date())
-        # Handlers that do blocking I/O run on threads; a pure pipeline runs inline (faster).
-        self._executor = (ThreadPoolExecutor(executor_threads, thread_name_prefix="iz-pipeline")
-                          if executor_threads else None)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -165,9 +162,12 @@ class Pipeline:
         codes: list[str] = []
         try:
             response, outcome, codes = self._process(payload, header, peer)
-        except Exception:  # the one catch-all: answer 207, never leak internals to the peer
-            log.exception("message.internal_error", control_id=header.control_id[:40],
-                          message_type=header.message_type[:3], sender=header.sending_facility[:40])
+        except Exception as exc:  # the one catch-all: answer 207, never leak internals to the peer
+            # Exception texts can quote message content, so only the type and the code
+            # locations are logged (a traceback without its message).
+            log.error("message.internal_error", control_id=header.control_id[:40],
+                      message_type=header.message_type[:3], sender=header.sending_facility[:40],
+                      error=type(exc).__name__, where=_frames(exc))
             issue = ApplicationInternalError(INTERNAL_ERROR_TEXT).to_issue()
             response = self._answer(header, [issue], "AR")
             outcome, codes = "AR", ["207"]
@@ -245,14 +245,6 @@ class Pipeline:
             response = handler.handle(request, respond)
         return response, str(outcome.get("code", "AA")), list(outcome.get("codes", []))
 
-    # FrameHandler protocol (engine.server) -------------------------------------------------
-
-    async def handle(self, payload: bytes, peer: str) -> bytes:
-        if self._executor is None:
-            return self.process(payload, peer)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.process, payload, peer)
-
     def reject_oversize(self, head: bytes, size: int) -> bytes | None:
         """AR for a frame over the size limit, when its MSH can still be read."""
         header = peek_header(head)
@@ -264,9 +256,12 @@ class Pipeline:
         self.metrics.messages.labels(_type_label(header, self.accept), "AR").inc()
         return self._answer(header, [issue], "AR")
 
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+
+
+def _frames(exc: BaseException) -> list[str]:
+    """file:line:function of each traceback frame: where it failed, without what it said."""
+    return [f"{Path(f.filename).name}:{f.lineno}:{f.name}"
+            for f in traceback.extract_tb(exc.__traceback__)]
 
 
 def _type_label(header: Header, accept: AcceptConfig) -> str:

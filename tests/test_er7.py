@@ -124,7 +124,7 @@ def test_escape_then_unescape_is_identity(value: str) -> None:
     assert unescape(escape(value)) == value
 
 
-_leaf = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+_leaf = st.text(st.characters(exclude_categories=["Cs"]), max_size=8)
 _component = st.lists(_leaf, min_size=1, max_size=3)
 _repetition = st.lists(_component, min_size=1, max_size=3)
 _field = st.lists(_repetition, min_size=1, max_size=3)

@@ -200,7 +200,9 @@ def run_case(case: Mapping[str, Any], schedule: Schedule) -> CaseResult:
 def _check_evaluation(
     case: Mapping[str, Any], result: ForecastResult, group: str, schedule: Schedule
 ) -> list[str]:
-    antigens = set(schedule.group_by_name[group].antigens) if group in schedule.group_by_name else set()
+    antigens = (
+        set(schedule.group_by_name[group].antigens) if group in schedule.group_by_name else set()
+    )
     problems: list[str] = []
     for i, dose in enumerate(case["doses"]):
         expected = dose.get("expected_evaluation_status", "")
@@ -238,7 +240,10 @@ def _check_forecast(case: Mapping[str, Any], result: ForecastResult, group: str)
     if _norm(expected["series_status"]) != "not complete" or chosen is None:
         return problems
     number = str(chosen.forecast_dose_number or "")
-    if expected["forecast_dose_number"] not in ("", "-") and number != expected["forecast_dose_number"]:
+    if (
+        expected["forecast_dose_number"] not in ("", "-")
+        and number != expected["forecast_dose_number"]
+    ):
         problems.append(f"dose number {number} expected {expected['forecast_dose_number']}")
     for label, got in (
         ("earliest_date", chosen.earliest),
@@ -275,7 +280,9 @@ def format_report(report: CheckReport, as_json: bool, failures: bool = False) ->
             "groups": groups,
         }
         if failures:
-            payload["failures"] = {r.case_id: list(r.details) for r in report.results if not r.passed}
+            payload["failures"] = {
+                r.case_id: list(r.details) for r in report.results if not r.passed
+            }
         return json.dumps(payload, indent=2, sort_keys=True)
     lines = [
         f"{report.source}",
@@ -300,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     paths = [a for a in args if not a.startswith("--")]
     if len(paths) != 1:
-        print("usage: python -m engine.forecast.cdsi_check CASES.json [--json] [--failures]", file=sys.stderr)
+        print(
+            "usage: python -m engine.forecast.cdsi_check CASES.json [--json] [--failures]",
+            file=sys.stderr,
+        )
         return 2
     report = run_cases(Path(paths[0]))
     print(format_report(report, as_json="--json" in args, failures="--failures" in args))

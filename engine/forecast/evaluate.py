@@ -305,9 +305,9 @@ def interval_reference(
             inadvertent = {o.dose.index for o in outcomes if o.inadvertent}
             best: date | None = None
             for dose in ctx.all_doses:
-                if dose.cvx in types and dose.date < current_date and dose.index not in inadvertent:
-                    if best is None or dose.date > best:
-                        best = dose.date
+                eligible = dose.cvx in types and dose.index not in inadvertent
+                if eligible and dose.date < current_date and (best is None or dose.date > best):
+                    best = dose.date
             return best
         if interval.from_relevant_obs:
             return ctx.observation_dates.get(interval.from_relevant_obs)
@@ -385,7 +385,9 @@ def evaluate_series(
             statuses[dose.index] = outcome.status
             continue
         target = targets[t]
-        outcome = _evaluate_dose(dose, target.series_dose, t, ctx, outcomes, targets, by_index, statuses)
+        outcome = _evaluate_dose(
+            dose, target.series_dose, t, ctx, outcomes, targets, by_index, statuses
+        )
         outcomes.append(outcome)
         statuses[dose.index] = outcome.status
         if outcome.status == EvaluationStatus.VALID:

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from engine.forecast.dates import MAX_DATE, MIN_DATE, add_offset
+from engine.forecast.dates import MAX_DATE, MIN_DATE, Offset, add_offset
 from engine.forecast.evaluate import (
     NOT_SATISFIED,
     SATISFIED,
     SKIPPED,
     AntigenDose,
+    DoseOutcome,
     EvalContext,
     SeriesEvaluation,
     TargetDose,
@@ -38,7 +39,15 @@ from engine.forecast.model import (
     SeriesStatus,
     VaccineGroupForecast,
 )
-from engine.forecast.schedule import Antigen, Schedule, VaccineGroup, _cvx_key, default_schedule
+from engine.forecast.schedule import (
+    Antigen,
+    AntigenSeries,
+    Schedule,
+    VaccineGroup,
+    VaccineRule,
+    _cvx_key,
+    default_schedule,
+)
 from engine.forecast.series import ScoredSeries, select_best
 
 __all__ = ["SeriesForecast", "forecast"]
@@ -99,12 +108,8 @@ def _antigen_facts(antigen: Antigen, ctx: EvalContext) -> _AntigenFacts:
     return _AntigenFacts(immune, contraindicated, frozenset(cvx))
 
 
-def _in_age(begin: object, end: object, ctx: EvalContext) -> bool:
-    from engine.forecast.dates import Offset
-
-    begin_date = ctx.age_date(begin, MIN_DATE) if isinstance(begin, Offset) else MIN_DATE
-    end_date = ctx.age_date(end, MAX_DATE) if isinstance(end, Offset) else MAX_DATE
-    return begin_date <= ctx.assessment_date < end_date
+def _in_age(begin: Offset | None, end: Offset | None, ctx: EvalContext) -> bool:
+    return ctx.age_date(begin, MIN_DATE) <= ctx.assessment_date < ctx.age_date(end, MAX_DATE)
 
 
 def _forecast_dose_number(targets: Sequence[TargetDose], by_index: dict[int, AntigenDose]) -> int:
@@ -121,9 +126,11 @@ def _forecast_dose_number(targets: Sequence[TargetDose], by_index: dict[int, Ant
     return count + 1
 
 
-def forecast_series(
-    ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts
-) -> SeriesForecast:
+def _doses_of(f: SeriesForecast) -> dict[int, AntigenDose]:
+    return {o.dose.index: o.dose for o in f.evaluation.outcomes}
+
+
+def forecast_series(ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts) -> SeriesForecast:
     """Chapter 7 for one evaluated patient series."""
     targets = list(ev.targets)
     prior = [(o.dose, o.status) for o in ev.outcomes]
@@ -158,7 +165,7 @@ def forecast_series(
         if facts.contraindicated:
             return done(SeriesStatus.CONTRAINDICATED, "Patient has a contraindication")
         sd = targets[t].series_dose
-        preferable = [v for v in sd.preferable_vaccines]
+        preferable = sd.preferable_vaccines
         if preferable and all(_cvx_key(v.cvx) in facts.contraindicated_cvx for v in preferable):
             return done(SeriesStatus.CONTRAINDICATED, "Patient has a contraindication")
         if sd.season_end is not None and ctx.assessment_date > sd.season_end:
@@ -227,15 +234,15 @@ def forecast_series(
                 continue
             begin = ctx.age_date(vaccine.begin_age, MIN_DATE)
             end = ctx.age_date(vaccine.end_age, MAX_DATE)
-            if (begin <= earliest < end or begin <= recommended < end) and vaccine.cvx not in rec_cvx:
+            if (
+                begin <= earliest < end or begin <= recommended < end
+            ) and vaccine.cvx not in rec_cvx:
                 rec_cvx.append(vaccine.cvx)
         finish = earliest
         for later in targets[t + 1 :]:
             if later.status != NOT_SATISFIED:
                 continue
-            mins = [
-                i.min_int for i in later.series_dose.intervals if i.from_previous and i.min_int
-            ]
+            mins = [i.min_int for i in later.series_dose.intervals if i.from_previous and i.min_int]
             if mins:
                 finish = add_offset(finish, mins[0])
         return SeriesForecast(
@@ -257,23 +264,16 @@ def forecast_series(
     return done(SeriesStatus.COMPLETE, "Patient series is complete")
 
 
-def _conflict_ends(preferable: Sequence[object], ctx: EvalContext) -> list[date]:
+def _conflict_ends(preferable: Sequence[VaccineRule], ctx: EvalContext) -> list[date]:
     """CALCDTCONFLICT-3: forecast conflict end dates for the next target dose."""
-    from engine.forecast.schedule import VaccineRule
-
     ends: list[date] = []
-    seen: set[int] = set()
     table = ctx.schedule.conflicts_by_current
     for rule in preferable:
-        assert isinstance(rule, VaccineRule)
         conflicts = table.get(_cvx_key(rule.cvx), ())
-        if not conflicts:
-            continue
         for dose in ctx.all_doses:
             for conflict in conflicts:
                 if _cvx_key(conflict.previous_cvx) == dose.cvx and conflict.end is not None:
                     ends.append(add_offset(dose.date, conflict.end))
-            seen.add(dose.index)
     return ends
 
 
@@ -357,6 +357,7 @@ def _vaccine_group_forecasts(
             for k in keys:
                 if k not in live:
                     del by_type[k]
+    everything = [f for forecasts in by_type.values() for f in forecasts]
     out: list[VaccineGroupForecast] = []
     for (kind, _series_group), forecasts in sorted(
         by_type.items(), key=lambda kv: (kv[0][0] != "Standard", kv[0][1])
@@ -380,7 +381,9 @@ def _vaccine_group_forecasts(
         reasons = tuple(r for f in forecasts for r in f.reasons)
         if status != SeriesStatus.NOT_COMPLETE or not dated:
             out.append(
-                VaccineGroupForecast(group.name, kind, status, reasons=reasons, antigens=group.antigens)
+                VaccineGroupForecast(
+                    group.name, kind, status, reasons=reasons, antigens=group.antigens
+                )
             )
             continue
         earliest_dates = [f.earliest for f in dated if f.earliest]
@@ -395,6 +398,13 @@ def _vaccine_group_forecasts(
         lates = [f.latest for f in dated if f.latest]
         numbers = [f.dose_number for f in dated if f.dose_number is not None]
         number = (min(numbers) if group.administer_full else max(numbers)) if numbers else None
+        # Doses that completed another best series of the group (e.g. a standard series
+        # before a risk booster, or a travel dose before the routine series) are doses the
+        # patient already has; the next dose is numbered after them.
+        if number is not None:
+            for other in everything:
+                if other.status == SeriesStatus.COMPLETE:
+                    number = max(number, _forecast_dose_number(other.targets, _doses_of(other)))
         cvx: list[str] = []
         for f in dated:
             for code in f.recommended_cvx:
@@ -493,11 +503,8 @@ def forecast(
     )
 
 
-def _uses_completed_series(series_list: Sequence[object]) -> bool:
-    from engine.forecast.schedule import AntigenSeries
-
+def _uses_completed_series(series_list: Sequence[AntigenSeries]) -> bool:
     for series in series_list:
-        assert isinstance(series, AntigenSeries)
         for sd in series.doses:
             for skip in sd.conditional_skips:
                 for cset in skip.sets:
@@ -522,25 +529,15 @@ def _dose_evaluations(
 ) -> list[DoseEvaluation]:
     """Each antigen dose's evaluation, taken from its best patient series (Valid wins)."""
     pool = [f.evaluation for f in best] or list(evaluated[:1])
-    chosen: dict[int, tuple[SeriesEvaluation, object]] = {}
+    chosen: dict[int, tuple[SeriesEvaluation, DoseOutcome]] = {}
     for ev in pool:
         for outcome in ev.outcomes:
             current = chosen.get(outcome.dose.index)
-            if current is None:
-                chosen[outcome.dose.index] = (ev, outcome)
-                continue
-            old = current[1]
-            from engine.forecast.evaluate import DoseOutcome
-
-            assert isinstance(old, DoseOutcome)
-            if _STATUS_RANK[outcome.status] < _STATUS_RANK[old.status]:
+            if current is None or _STATUS_RANK[outcome.status] < _STATUS_RANK[current[1].status]:
                 chosen[outcome.dose.index] = (ev, outcome)
     out: list[DoseEvaluation] = []
-    from engine.forecast.evaluate import DoseOutcome
-
     for index in sorted(chosen):
         ev, outcome = chosen[index]
-        assert isinstance(outcome, DoseOutcome)
         dose = history[index]
         out.append(
             DoseEvaluation(

@@ -32,8 +32,8 @@ __all__ = [
     "Condition",
     "ConditionSet",
     "ConditionalSkip",
-    "Contraindication",
     "ContraindicatedVaccine",
+    "Contraindication",
     "CvxAntigen",
     "CvxMapping",
     "Indication",
@@ -355,9 +355,14 @@ def _encode(value: Any) -> Any:
     return value
 
 
-@cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _decode(tp: Any, raw: Any) -> Any:

@@ -67,7 +67,10 @@ def import_release(src_dir: Path, dest: Path, source_version: str | None = None)
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3):
-        print("usage: python -m engine.forecast.schedule_import SRC_DIR DEST [VERSION]", file=sys.stderr)
+        print(
+            "usage: python -m engine.forecast.schedule_import SRC_DIR DEST [VERSION]",
+            file=sys.stderr,
+        )
         return 2
     summary = import_release(Path(args[0]), Path(args[1]), args[2] if len(args) == 3 else None)
     print(

@@ -151,9 +151,14 @@ def _prioritized(group: Sequence[ScoredSeries]) -> ScoredSeries | None:
         return complete[0]
     if not complete and len(in_process) == 1:
         return in_process[0]
-    if not complete and not in_process and len(defaults) == 1 and defaults[0] in scorable:
-        if all(s.valid_count == 0 for s in scorable):
-            return defaults[0]
+    if (
+        not complete
+        and not in_process
+        and len(defaults) == 1
+        and defaults[0] in scorable
+        and all(s.valid_count == 0 for s in scorable)
+    ):
+        return defaults[0]
     if len(complete) >= 2:
         pool, mode = complete, "complete"
     elif len(in_process) >= 2:
@@ -184,8 +189,7 @@ def select_best(series: Sequence[ScoredSeries]) -> list[ScoredSeries]:
             continue
         if any(_complete(e) for e in equivalents) or _is_eval_only(p):
             continue
-        if _is_risk(p):
-            best.append(p)
-        elif _is_standard(p) and not any(_is_risk(e) for e in equivalents):
+        standard_ok = _is_standard(p) and not any(_is_risk(e) for e in equivalents)
+        if _is_risk(p) or standard_ok:
             best.append(p)
     return best

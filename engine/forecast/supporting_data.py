@@ -287,17 +287,23 @@ def parse_antigen(path: Path) -> Antigen:
         birth_date_immunity=tuple(birth),
         antigen_contraindications=tuple(
             _contraindication(e)
-            for e in (antigen_level.findall("contraindication") if antigen_level is not None else [])
+            for e in (
+                antigen_level.findall("contraindication") if antigen_level is not None else []
+            )
         ),
         vaccine_contraindications=tuple(
             _contraindication(e)
-            for e in (vaccine_level.findall("contraindication") if vaccine_level is not None else [])
+            for e in (
+                vaccine_level.findall("contraindication") if vaccine_level is not None else []
+            )
         ),
         series=series,
     )
 
 
-def parse_schedule_file(path: Path) -> tuple[
+def parse_schedule_file(
+    path: Path,
+) -> tuple[
     tuple[LiveVirusConflict, ...],
     tuple[VaccineGroup, ...],
     tuple[CvxMapping, ...],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -23,6 +24,17 @@ def scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> M
     for key in list(event_dict):
         if key in _FORBIDDEN_KEYS:
             event_dict[key] = "[removed]"
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        # Exception messages can quote message content: keep the type and frames only.
+        exc = sys.exc_info()[1] if exc_info is True else exc_info
+        if isinstance(exc, tuple):
+            exc = exc[1]
+        if isinstance(exc, BaseException):
+            event_dict.setdefault("error", type(exc).__name__)
+            event_dict.setdefault("where", [
+                f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}"
+                for f in traceback.extract_tb(exc.__traceback__)])
     return event_dict
 
 
@@ -36,7 +48,6 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             scrub,
-            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -229,29 +229,12 @@ def _predicates(data: Mapping[str, Any], tables: CodeTables) -> dict[tuple[str, 
     out: dict[tuple[str, str, int], tuple[Evaluator, str, str]] = {}
     for p in data["predicates"]:
         if p["context"] not in ("segment", "datatype"):
-            continue  # group predicates: see _group_predicates
+            continue  # group predicates (ORC-12 only) yield RE/O: never an error
         fn = compile_expr(p["condition"], tables.sets)
         if fn is None:
             continue
         pos = int(p["target"].split("[")[0])
         out[(p["context"], p["of"], pos)] = (fn, p["true_usage"], p["false_usage"])
-    return out
-
-
-def _group_predicates(data: Mapping[str, Any], tables: CodeTables) -> dict[
-        tuple[str, int, int], tuple[Evaluator, str, str]]:
-    """Group-level predicates (e.g. ORC-12 by RXA values): (group, child pos, field) -> pred."""
-    out: dict[tuple[str, int, int], tuple[Evaluator, str, str]] = {}
-    for p in data["predicates"]:
-        if p["context"] != "group" or p["condition"] is None:
-            continue
-        fn = compile_expr(p["condition"], tables.sets)
-        steps = p["target"].split(".")
-        if fn is None or len(steps) != 2:
-            continue
-        child = int(steps[0].split("[")[0])
-        fld = int(steps[1].split("[")[0])
-        out[(p["of"].split(".")[-1], child, fld)] = (fn, p["true_usage"], p["false_usage"])
     return out
 
 
@@ -352,7 +335,3 @@ def compile_profile(data: Mapping[str, Any], tables: CodeTables,
         datatypes=comp_tables,
         statement_ids=tuple(sorted({s.id for s in statements})))
 
-
-def group_predicates(data: Mapping[str, Any], tables: CodeTables) -> dict[
-        tuple[str, int, int], tuple[Evaluator, str, str]]:
-    return _group_predicates(data, tables)

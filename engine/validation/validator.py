@@ -1,0 +1,708 @@
+"""The conformance validator: profile selection, checks, CDC error propagation, results.
+
+Owns what happens to one message once the pipeline's accept checks passed: match the message
+against the profile grammar, check every field of every placed segment (usage, predicates,
+cardinality, length, primitive formats, value sets, component usage), the business rules,
+the IZ-nn conformance statements, and then the CDC IG propagation chain
+
+    invalid code in an R field -> field empty (103, then 101)
+    empty R field             -> segment rejected (100 when the segment is R where it stands)
+    rejected R segment        -> its group instance rejected (ORDER = ORC/RXA/RXR/OBX)
+    MSH/PID (any top-level R segment) or every ORDER group lost -> message rejected.
+
+Decisions (written down because nobody else will):
+- MSH is never "rejected": MSH-9/11/12 are the pipeline's accept checks; other empty R fields
+  of MSH are reported (E) but the message is still processed.
+- Value sets test the code (CE.1 / the ID value) only, not the coding-system component.
+- Code choices (0357/0533) live in this module's constants; texts never quote patient data,
+  only positions, field names and (wrong) codes.
+- Severity overrides change the reported severity only; the data handling (what is dropped)
+  follows the IG whatever the override.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import engine
+from engine.errors import Issue, Location, Severity
+from engine.hl7.er7 import Message, Segment
+from engine.hl7.escape import unescape
+from engine.validation.compiler import (
+    CodeTables,
+    ComponentRule,
+    CompiledProfile,
+    FieldRule,
+    GrammarNode,
+    Overlay,
+    SegmentRules,
+    Statement,
+    compile_profile,
+    load_overlay,
+    load_tables,
+)
+from engine.validation.formats import FORMATS, to_date
+from engine.validation.paths import GroupNode, RepNode, SegNode, parse_path, resolve
+
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
+INBOUND = ("Z22", "Z34", "Z44")
+OUTBOUND = ("Z23", "Z31", "Z32", "Z33", "Z42")
+
+# 0357 codes
+SEGMENT_ERROR, REQUIRED_MISSING, DATATYPE_ERROR, TABLE_VALUE = 100, 101, 102, 103
+ACCEPTED, APPLICATION_ERROR = 0, 999
+# 0533 codes (CDC)
+ILLOGICAL_DATE, INVALID_DATE, ILLOGICAL_VALUE, INVALID_VALUE = 1, 2, 3, 4
+TABLE_NOT_FOUND, REQUIRED_DATA_MISSING, DATA_IGNORED = 5, 7, 8
+
+# Positions where a generic usage finding has a more specific, stable rule id.
+RULE_ALIASES = {("RXA", 18): "business.refusal_without_reason"}
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    profile: str
+    issues: tuple[Issue, ...]
+    rejected: bool
+    dropped_segments: frozenset[int]
+    emptied_fields: frozenset[tuple[int, int]]
+
+
+def _heads(g: GrammarNode) -> frozenset[str]:
+    """Segment ids that may open an instance of group `g`.
+
+    The children up to the first R one, plus every R segment child: an ORDER group can be
+    recognised at its RXA when the ORC is missing (then reported as missing) instead of the
+    RXA being misread as out of sequence.
+    """
+    heads: set[str] = set()
+    for c in g.children:
+        if c.segment:
+            heads.add(c.segment)
+        else:
+            heads |= _heads(c)
+        if c.usage == "R":
+            break
+    heads |= {c.segment for c in g.children if c.segment and c.usage == "R"}
+    return frozenset(heads)
+
+
+class _Run:
+    """The state of validating one message against one compiled profile."""
+
+    def __init__(self, v: Validator, p: CompiledProfile, message: Message, today: date | None):
+        self.v, self.p, self.today = v, p, today
+        self.segs = message.segments
+        self.seq: list[int] = []
+        counts: dict[str, int] = {}
+        for s in self.segs:
+            counts[s.id] = counts.get(s.id, 0) + 1
+            self.seq.append(counts[s.id])
+        self.found: list[tuple[tuple[int, int, int], Issue]] = []
+        self.dropped: set[int] = set()
+        self.emptied: set[tuple[int, int]] = set()
+        self.r_empty: dict[int, int] = {}  # segment index -> first empty R field
+        self.rejected = False
+        self.placed: dict[int, tuple[GrammarNode, GroupNode]] = {}
+        self.parent: dict[int, tuple[GroupNode, GrammarNode]] = {}  # id(group) -> parent
+        self.root = GroupNode(p.grammar.group)
+
+    # -- issues --------------------------------------------------------------------------
+    def loc(self, i: int, fld: int = 0, rep: int = 0, comp: int = 0) -> Location:
+        return Location(self.segs[i].id, self.seq[i], fld, rep, comp)
+
+    def add(self, key_idx: int, key_field: int, code: int, sev: Severity, loc: Location,
+            text: str, app: int | None, rule: str) -> None:
+        self.found.append(((key_idx, key_field, len(self.found)),
+                           Issue(code, sev, loc, text, app, rule)))
+
+    # -- structure -----------------------------------------------------------------------
+    def _match(self, g: GrammarNode, seq: list[tuple[int, str]], pos: int, inst: GroupNode,
+               placed: dict[int, tuple[GrammarNode, GroupNode]],
+               parent: dict[int, tuple[GroupNode, GrammarNode]]) -> int:
+        counts = [0] * len(g.children)
+        ci = 0
+        while pos < len(seq):
+            idx, sid = seq[pos]
+            hit = -1
+            for k in range(ci, len(g.children)):
+                ch = g.children[k]
+                if ch.max and counts[k] >= ch.max:
+                    continue
+                if (ch.segment == sid) if ch.segment else (sid in self.v.heads[id(ch)]):
+                    hit = k
+                    break
+            if hit < 0:
+                return pos
+            ch, ci = g.children[hit], hit
+            if ch.segment:
+                inst.add(ch.position, idx)
+                placed[idx] = (ch, inst)
+                pos += 1
+            else:
+                sub = GroupNode(ch.group)
+                new = self._match(ch, seq, pos, sub, placed, parent)
+                if new == pos:
+                    return pos
+                inst.add(ch.position, sub)
+                parent[id(sub)] = (inst, ch)
+                pos = new
+            counts[hit] += 1
+        return pos
+
+    def structure(self) -> None:
+        active: list[tuple[int, str]] = []
+        for i, s in enumerate(self.segs):
+            if i and s.id.startswith("Z"):
+                self.dropped.add(i)
+                self.add(i, 0, ACCEPTED, I, self.loc(i),
+                         f"{s.id} is a local Z-segment not used by profile {self.p.id}: ignored",
+                         DATA_IGNORED, "segment.Z")
+            else:
+                active.append((i, s.id))
+        known = self.v.ids[self.p.id]
+        while True:
+            root = GroupNode(self.p.grammar.group)
+            placed: dict[int, tuple[GrammarNode, GroupNode]] = {}
+            parent: dict[int, tuple[GroupNode, GrammarNode]] = {}
+            pos = self._match(self.p.grammar, active, 0, root, placed, parent)
+            if pos >= len(active):
+                break
+            i, sid = active.pop(pos)
+            self.dropped.add(i)
+            why = ("is out of sequence or repeated more often than allowed" if sid in known
+                   else f"is not part of profile {self.p.id}")
+            self.add(i, 0, SEGMENT_ERROR, W, self.loc(i), f"Segment {sid} {why}: ignored",
+                     DATA_IGNORED, "segment.sequence")
+        self.root, self.placed, self.parent = root, placed, parent
+        for i, (node, _inst) in placed.items():
+            if node.usage == "X":
+                self.dropped.add(i)
+                self.add(i, 0, SEGMENT_ERROR, W, self.loc(i),
+                         f"Segment {node.segment} is not supported (usage X): ignored",
+                         DATA_IGNORED, "usage.X")
+        self._missing(self.p.grammar, root)
+
+    def _missing(self, g: GrammarNode, inst: GroupNode) -> None:
+        for ch in g.children:
+            items = inst.children.get(ch.position, [])
+            for item in items:
+                if isinstance(item, GroupNode):
+                    self._missing(ch, item)
+            if len(items) >= max(ch.min, 1 if ch.usage == "R" else 0):
+                continue
+            before = [i for pos, its in inst.children.items() if pos < ch.position
+                      for it in its for i in ([it] if isinstance(it, int)
+                                              else it.segment_indexes())]
+            anchor = max(before) if before else min(inst.segment_indexes() or [0])
+            name = ch.segment or ch.group
+            where = "message" if inst is self.root else f"group {g.group}"
+            self.add(anchor, 10**6, SEGMENT_ERROR, E,
+                     Location(ch.segment or (ch.children[0].segment if ch.children else "")),
+                     f"Required {'segment' if ch.segment else 'group'} {name} is missing "
+                     f"from the {where}", REQUIRED_DATA_MISSING, "segment.required")
+            self._reject_instance(inst, anchor)
+
+    # -- fields --------------------------------------------------------------------------
+    def fields(self) -> None:
+        for i, (node, _inst) in sorted(self.placed.items()):
+            if i in self.dropped:
+                continue
+            rules = self.p.segments.get(node.flavour)
+            if rules is not None:
+                self._segment(i, rules)
+
+    def _usage(self, rule: FieldRule | ComponentRule, node: SegNode | RepNode) -> str:
+        if rule.usage != "C":
+            return rule.usage
+        if rule.predicate is None:
+            return "O"
+        cond, true_usage, false_usage = rule.predicate
+        return true_usage if cond(node, self.segs) else false_usage
+
+    def _segment(self, i: int, rules: SegmentRules) -> None:
+        seg = self.segs[i]
+        d = seg.delimiters
+        node = SegNode(seg)
+        sid = seg.id
+        nfields = seg.field_count
+        blank = d.component + d.subcomponent + d.repetition
+        for r in rules.fields:
+            raw = seg.field(r.n) if r.n <= nfields else ""
+            usage = self._usage(r, node)
+            if not raw or (not raw.strip(blank) and not (sid == "MSH" and r.n <= 2)):
+                if usage == "R":
+                    rule = r.rule or RULE_ALIASES.get((sid, r.n)) or (
+                        "usage.C" if r.usage == "C" else "usage.R")
+                    self.add(i, r.n, REQUIRED_MISSING, E, self.loc(i, r.n),
+                             f"{sid}-{r.n} ({r.name}) is required but empty"
+                             + (": segment ignored" if sid != "MSH" else ""),
+                             REQUIRED_DATA_MISSING, rule)
+                    if sid != "MSH":
+                        self.r_empty.setdefault(i, r.n)
+                continue
+            if usage == "X":
+                self.emptied.add((i, r.n))
+                self.add(i, r.n, ACCEPTED, W, self.loc(i, r.n),
+                         f"{sid}-{r.n} ({r.name}) is not supported (usage X): data ignored",
+                         DATA_IGNORED, r.rule or "usage.X")
+                continue
+            if sid == "MSH" and r.n <= 2:
+                continue
+            reps = raw.split(d.repetition)
+            if r.max and len(reps) > r.max:
+                self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, r.max + 1),
+                         f"{sid}-{r.n} ({r.name}) allows {r.max} repetition(s), "
+                         f"{len(reps)} sent: extra repetitions ignored", DATA_IGNORED,
+                         "cardinality")
+                reps = reps[:r.max]
+            self._field(i, seg, r, usage, reps, rules)
+        self._datatype_statements(i, seg, rules)
+
+    def _field(self, i: int, seg: Segment, r: FieldRule, usage: str, reps: list[str],
+               rules: SegmentRules) -> None:
+        d = seg.delimiters
+        sid = seg.id
+        datatype = r.datatype
+        comps = r.components
+        if rules.dynamic is not None and r.n == rules.dynamic[0]:
+            dyn = rules.dynamic[2].get(seg.value(rules.dynamic[1]))
+            if dyn is None:
+                return
+            comps = self.p.datatypes.get(dyn, ())
+            datatype = dyn.split("_")[0]
+        for rep_no, rep in enumerate(reps, start=1):
+            if not rep:
+                continue
+            bad: tuple[int, int, str, int] | None = None  # code, 0533, text, component
+            if not comps:
+                value = unescape(rep, d) if d.escape in rep else rep
+                if r.maxlen and len(value) > r.maxlen:
+                    self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, rep_no),
+                             f"{sid}-{r.n} ({r.name}) is longer than {r.maxlen} characters",
+                             INVALID_VALUE, "length")
+                fmt = FORMATS.get(datatype)
+                if fmt is not None and not fmt[0](value):
+                    bad = (DATATYPE_ERROR, fmt[1],
+                           f"{sid}-{r.n} ({r.name}) is not a valid {datatype} value", 0)
+                elif r.binding is not None and not r.binding(value, ""):
+                    bad = (TABLE_VALUE, TABLE_NOT_FOUND,
+                           f"{sid}-{r.n} ({r.name}) code '{_code(value)}' is not in "
+                           f"{r.binding_id}", 0)
+            else:
+                bad = self._components(i, seg, r, rep_no, comps)
+                if bad is None and r.binding is not None:
+                    code = seg.value(r.n, 1, 1, rep_no)
+                    system = seg.value(r.n, 3, 1, rep_no)
+                    if code and not r.binding(code, system):
+                        bad = (TABLE_VALUE, TABLE_NOT_FOUND,
+                               f"{sid}-{r.n} ({r.name}) code '{_code(code)}' is not in "
+                               f"{r.binding_id}", 1)
+            if bad is not None:
+                code, app, text, comp = bad
+                required = usage == "R" and sid != "MSH"
+                self.add(i, r.n, code, E if required else W,
+                         self.loc(i, r.n, rep_no, comp), text + (
+                             "" if required else ": data ignored"), app,
+                         "valueset" if code == TABLE_VALUE else "datatype")
+                self.empty_field(i, r.n, usage, code)
+                return
+
+    def _components(self, i: int, seg: Segment, r: FieldRule, rep_no: int,
+                    comps: tuple[ComponentRule, ...]) -> tuple[int, int, str, int] | None:
+        sid = seg.id
+        parts = seg.components(r.n, rep_no)
+        node = RepNode(seg, r.n, rep_no)
+        sub = seg.delimiters.subcomponent
+        for c in comps:
+            text = parts[c.n - 1] if c.n <= len(parts) else ""
+            value = text.split(sub, 1)[0] if sub in text else text
+            usage = self._usage(c, node)
+            if not text.strip(sub):
+                if usage == "R":
+                    sev = Severity(c.severity)
+                    self.add(i, r.n, REQUIRED_MISSING, sev, self.loc(i, r.n, rep_no, c.n),
+                             f"{sid}-{r.n}.{c.n} ({c.name}) is required when {sid}-{r.n} "
+                             "is valued", REQUIRED_DATA_MISSING, c.rule)
+                    if sev is E:
+                        return (REQUIRED_MISSING, REQUIRED_DATA_MISSING,
+                                f"{sid}-{r.n} is incomplete", c.n)
+                continue
+            if c.maxlen and len(value) > c.maxlen:
+                self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, rep_no, c.n),
+                         f"{sid}-{r.n}.{c.n} ({c.name}) is longer than {c.maxlen} characters",
+                         INVALID_VALUE, "length")
+            fmt = FORMATS.get(c.datatype)
+            if fmt is not None and not fmt[0](value):
+                return (DATATYPE_ERROR, fmt[1],
+                        f"{sid}-{r.n}.{c.n} ({c.name}) is not a valid {c.datatype} value", c.n)
+            if c.binding is not None and not c.binding(value, ""):
+                self.add(i, r.n, TABLE_VALUE, W, self.loc(i, r.n, rep_no, c.n),
+                         f"{sid}-{r.n}.{c.n} ({c.name}) code '{_code(value)}' is not in "
+                         f"{c.binding_id}", TABLE_NOT_FOUND, "valueset.component")
+        return None
+
+    def empty_field(self, i: int, fld: int, usage: str, code: int) -> None:
+        """Treat a field as empty; for an R field, record the 101 step and reject the segment."""
+        self.emptied.add((i, fld))
+        if usage != "R" or self.segs[i].id == "MSH":
+            return
+        sid = self.segs[i].id
+        if code != REQUIRED_MISSING:
+            self.add(i, fld, REQUIRED_MISSING, E, self.loc(i, fld),
+                     f"{sid}-{fld} is required and now empty: segment rejected",
+                     REQUIRED_DATA_MISSING, "propagation.field")
+        self.r_empty.setdefault(i, fld)
+
+    # -- statements ----------------------------------------------------------------------
+    def _statement_issue(self, i: int, st: Statement, fld: int, comp: int = 0) -> None:
+        if st.kind == "Format":
+            code, app = DATATYPE_ERROR, INVALID_DATE if "T" in st.id.split("-")[-1] else INVALID_VALUE
+        elif st.kind in ("PlainText", "StringList", "ValueSet"):
+            code, app = TABLE_VALUE, INVALID_VALUE
+        else:
+            code, app = APPLICATION_ERROR, ILLOGICAL_VALUE
+        loc = self.loc(i, fld, 0, comp)
+        if any(x.location == loc and x.code == code for _, x in self.found):
+            return  # the datatype check already said so
+        self.add(i, fld, code, W, loc, f"{st.id}: {st.description}", app, st.id)
+
+    def _datatype_statements(self, i: int, seg: Segment, rules: SegmentRules) -> None:
+        dts = self.p.datatype_statements
+        if not dts:
+            return
+        for r in rules.fields:
+            sts = dts.get(r.flavour)
+            if not sts or (i, r.n) in self.emptied:
+                continue
+            for rep_no in range(1, len(seg.repetitions(r.n)) + 1):
+                node = RepNode(seg, r.n, rep_no)
+                for st in sts:
+                    if st.check is None or (st.guard is not None and not st.guard(node, self.segs)):
+                        continue
+                    if not st.check(node, self.segs):
+                        comp = parse_path(st.target)[0][0] if st.target else 0
+                        self._statement_issue(i, st, r.n, comp)
+
+    def statements(self) -> None:
+        for i, (node, _inst) in sorted(self.placed.items()):
+            if i in self.dropped:
+                continue
+            rules = self.p.segments.get(node.flavour)
+            if rules is None:
+                continue
+            sn = SegNode(self.segs[i])
+            for st in rules.statements:
+                if st.check is None:
+                    if st.kind == "SetID":
+                        self._set_id(i, st, node.flavour)
+                    continue
+                if st.guard is not None and not st.guard(sn, self.segs):
+                    continue
+                if not st.check(sn, self.segs):
+                    self._statement_issue(i, st, parse_path(st.target)[0][0])
+        self._groups(self.p.grammar, self.root)
+
+    def _set_id(self, i: int, st: Statement, flavour: str) -> None:
+        fld = parse_path(st.target)[0][0]
+        same = [j for j, (n, _g) in sorted(self.placed.items()) if n.flavour == flavour]
+        want = str(same.index(i) + 1)
+        if self.segs[i].value(fld) not in ("", want):
+            self._statement_issue(i, st, fld)
+
+    def _groups(self, g: GrammarNode, inst: GroupNode) -> None:
+        for st in self.p.group_statements.get(g.group, ()):
+            if st.check is None or set(inst.segment_indexes()) & self.dropped:
+                if st.kind == "IMPLY" and st.id == "IZ-24":
+                    self._vis(inst)
+                continue
+            if not st.check(inst, self.segs):
+                i, fld = self._group_target(inst, st.target)
+                self._statement_issue(i, st, fld)
+        for ch in g.children:
+            for item in inst.children.get(ch.position, []):
+                if isinstance(item, GroupNode):
+                    self._groups(ch, item)
+        if inst is self.root:
+            self._obx_set_ids()
+
+    def _group_target(self, inst: GroupNode, target: str) -> tuple[int, int]:
+        steps = parse_path(target)
+        cur: int | GroupNode = inst
+        for k, (pos, _n) in enumerate(steps):
+            assert isinstance(cur, GroupNode)
+            items = cur.children.get(pos, [])
+            if not items:
+                break
+            cur = items[0]
+            if isinstance(cur, int):
+                return cur, steps[k + 1][0] if k + 1 < len(steps) else 0
+        idx = inst.segment_indexes()
+        rxa = [j for j in idx if self.segs[j].id == "RXA"]
+        return (rxa or idx or [0])[0], 0
+
+    def _vis(self, inst: GroupNode) -> None:
+        """IZ-24 (a NIST plug-in): administered VIS vaccines need their VIS OBX set."""
+        idx = inst.segment_indexes()
+        rxa = next((j for j in idx if self.segs[j].id == "RXA"), None)
+        if rxa is None or rxa in self.dropped:
+            return
+        s = self.segs[rxa]
+        if not (s.value(20) in ("CP", "PA") and s.value(9) == "00"):
+            return
+        if s.value(5) not in self.v.tables.sets.get("PHVS_VISVaccines_IIS", frozenset()):
+            return
+        obs = {self.segs[j].value(3) for j in idx if self.segs[j].id == "OBX"}
+        if "29769-7" in obs and ("69764-9" in obs or {"30956-7", "29768-9"} <= obs):
+            return
+        self.add(rxa, 10**5, APPLICATION_ERROR, W, self.loc(rxa, 5),
+                 "IZ-24: administered vaccine has no complete VIS observation set "
+                 "(69764-9 + 29769-7, or 30956-7 + 29768-9 + 29769-7)",
+                 6, "IZ-24")
+
+    def _obx_set_ids(self) -> None:
+        """NIST-01: OBX-1 numbered 1.. through the message or restarting in each group."""
+        obx = [i for i in sorted(self.placed) if self.segs[i].id == "OBX"]
+        if not obx:
+            return
+        ids = [self.segs[i].value(1) for i in obx]
+        if ids == [str(n) for n in range(1, len(ids) + 1)]:
+            return
+        expected = []
+        last_group = None
+        n = 0
+        for i in obx:
+            _node, inst = self.placed[i]
+            order = self.parent.get(id(inst), (None, None))[0]
+            if order is not last_group:
+                n, last_group = 0, order
+            n += 1
+            expected.append(str(n))
+        for i, got, want in zip(obx, ids, expected, strict=True):
+            if got and got != want:
+                self.add(i, 1, APPLICATION_ERROR, W, self.loc(i, 1),
+                         "NIST-01: OBX-1 is not numbered sequentially from 1 "
+                         "(per message or per group)", ILLOGICAL_VALUE, "NIST-01")
+                return
+
+    # -- business rules (Z22) ------------------------------------------------------------
+    def business(self) -> None:
+        if self.p.id != "Z22" or self.today is None:
+            return
+        pid = next((i for i, (n, _g) in self.placed.items() if n.segment == "PID"), None)
+        dob = None
+        if pid is not None and pid not in self.dropped and (pid, 7) not in self.emptied:
+            s = self.segs[pid]
+            dob = to_date(s.value(7))
+            if dob is not None and dob > self.today:
+                self.add(pid, 7, REQUIRED_MISSING, E, self.loc(pid, 7),
+                         "Birth date (PID-7) is after today: patient rejected", ILLOGICAL_DATE,
+                         "business.dob_future")
+                self.empty_field(pid, 7, "R", REQUIRED_MISSING)
+                dob = None
+            death = to_date(s.value(29))
+            if dob is not None and death is not None and death < dob:
+                self.add(pid, 29, APPLICATION_ERROR, W, self.loc(pid, 29),
+                         "Death date (PID-29) is before the birth date: ignored",
+                         ILLOGICAL_DATE, "business.death_before_birth")
+                self.emptied.add((pid, 29))
+        for i, (node, inst) in sorted(self.placed.items()):
+            if node.segment == "RXA" and i not in self.dropped:
+                self._rxa(i, dob, inst)
+            elif node.segment == "ORC" and i not in self.dropped:
+                self._obx_subids(inst)
+
+    def _rxa(self, i: int, dob: date | None, inst: GroupNode) -> None:
+        s = self.segs[i]
+        tables = self.v.tables
+        if (i, 3) not in self.emptied:
+            when = to_date(s.value(3))
+            if when is not None and self.today is not None and when > self.today:
+                self.add(i, 3, REQUIRED_MISSING, E, self.loc(i, 3),
+                         "Vaccination date (RXA-3) is in the future: dose rejected",
+                         ILLOGICAL_DATE, "business.vaccination_date_future")
+                self.empty_field(i, 3, "R", REQUIRED_MISSING)
+            elif when is not None and dob is not None and when < dob:
+                self.add(i, 3, REQUIRED_MISSING, E, self.loc(i, 3),
+                         "Vaccination date (RXA-3) is before the birth date: dose rejected",
+                         ILLOGICAL_DATE, "business.vaccination_before_birth")
+                self.empty_field(i, 3, "R", REQUIRED_MISSING)
+        if (i, 5) in self.emptied:
+            return
+        code, system = s.value(5, 1), s.value(5, 3)
+        cvx = tables.ndc.get(code, "") if system == "NDC" or code in tables.ndc else code
+        administered = s.value(9) == "00" and s.value(20) in ("", "CP", "PA")
+        status = tables.cvx.get(cvx, {}).get("status", "")
+        if administered and status in ("Non-US", "Never Active"):
+            self.add(i, 5, APPLICATION_ERROR, E, self.loc(i, 5, 1, 1),
+                     f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
+                     "dose", INVALID_VALUE, "business.cvx_not_administrable")
+            self.empty_field(i, 5, "R", APPLICATION_ERROR)
+            return
+        mvx = s.value(17, 1)
+        allowed = tables.cvx_mvx.get(cvx)
+        if mvx and allowed and mvx not in allowed and (i, 17) not in self.emptied:
+            self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
+                     f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
+                     ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
+
+    def _obx_subids(self, order: GroupNode) -> None:
+        seen: dict[tuple[str, str], int] = {}
+        for j in order.segment_indexes():
+            s = self.segs[j]
+            if s.id != "OBX" or j in self.dropped:
+                continue
+            key = (s.value(3), s.value(4))
+            if key[0] and key[1] and key in seen:
+                self.add(j, 4, APPLICATION_ERROR, W, self.loc(j, 4),
+                         f"OBX-4 sub-id '{_code(key[1])}' repeats observation "
+                         f"'{_code(key[0])}' in the same order group: sub-ids must differ",
+                         ILLOGICAL_VALUE, "business.obx_duplicate_subid")
+            seen[key] = j
+
+    # -- propagation ---------------------------------------------------------------------
+    def _reject_instance(self, inst: GroupNode, key_idx: int) -> None:
+        """A group instance lost a required member: drop it, and climb while it is R."""
+        if inst is self.root:
+            self.rejected = True
+            return
+        self.dropped.update(inst.segment_indexes())
+        up = self.parent.get(id(inst))
+        if up is not None and up[1].usage == "R" and up[1].min >= 1:
+            parent_inst = up[0]
+            if parent_inst is self.root:
+                self.rejected = True
+            else:
+                self._reject_instance(parent_inst, key_idx)
+
+    def propagate(self) -> None:
+        for i in sorted(self.r_empty):
+            if i in self.dropped or i not in self.placed:
+                continue
+            node, inst = self.placed[i]
+            sid = self.segs[i].id
+            self.dropped.add(i)
+            if node.usage != "R":
+                continue  # an RE/O segment just disappears; its 101 said so
+            if inst is self.root:
+                self.rejected = True
+                self.add(i, 10**6, SEGMENT_ERROR, E, self.loc(i),
+                         f"{sid} is a required segment and was rejected: message rejected",
+                         None, "propagation.segment")
+                continue
+            group = self.parent.get(id(inst), (None, None))[1]
+            gname = group.group if group is not None else "group"
+            self.add(i, 10**6, SEGMENT_ERROR, E, self.loc(i),
+                     f"{sid} is a required segment of group {gname}: group rejected",
+                     None, "propagation.segment")
+            self._reject_instance(inst, i)
+        # losing every ORDER group of a message that had some rejects the message
+        for ch in self.p.grammar.children:
+            if ch.group and ch.group in ("ORDER", "IZ_HISTORY_FORECAST"):
+                items = [it for it in self.root.children.get(ch.position, [])
+                         if isinstance(it, GroupNode)]
+                if items and all(set(it.segment_indexes()) <= self.dropped for it in items):
+                    self.rejected = True
+
+    def result(self) -> ValidationResult:
+        overrides = self.v.overrides
+        issues = []
+        for _key, issue in sorted(self.found, key=lambda kv: kv[0]):
+            sev = overrides.get(issue.rule)
+            if sev is not None and sev != issue.severity:
+                issue = Issue(issue.code, sev, issue.location, issue.text,
+                              issue.application_code, issue.rule)
+            issues.append(issue)
+        return ValidationResult(self.p.id, tuple(issues), self.rejected,
+                                frozenset(self.dropped), frozenset(self.emptied))
+
+
+def _code(value: str) -> str:
+    """A code as quoted in an ERR text: short and printable (codes are not PHI; text could be)."""
+    cleaned = "".join(ch for ch in value if ch.isprintable())
+    return cleaned[:20] + ("..." if len(cleaned) > 20 else "")
+
+
+class Validator:
+    """All profiles compiled at start-up; `validate` is pure and never raises."""
+
+    def __init__(self, profiles: Mapping[str, CompiledProfile], tables: CodeTables,
+                 overlay: Overlay | None, overrides: Mapping[str, Severity]) -> None:
+        self.profiles = dict(profiles)
+        self.tables = tables
+        self.overlay = overlay
+        self.overrides = dict(overrides)
+        self.heads: dict[int, frozenset[str]] = {}
+        self.ids: dict[str, frozenset[str]] = {}
+        for pid, p in self.profiles.items():
+            self.ids[pid] = p.grammar.all_ids()
+            stack = [p.grammar]
+            while stack:
+                g = stack.pop()
+                if g.group:
+                    self.heads[id(g)] = _heads(g)
+                stack.extend(c for c in g.children if c.group)
+
+    @classmethod
+    def load(cls, profiles_dir: Path | None = None, overlay: str | None = "cair2",
+             severity_overrides: Mapping[str, str] | None = None) -> Validator:
+        base = profiles_dir or Path(engine.__file__).resolve().parents[1] / "profiles"
+        tables = load_tables(base)
+        ov = load_overlay(base, overlay) if overlay else None
+        compiled: dict[str, CompiledProfile] = {}
+        for pid in INBOUND + OUTBOUND:
+            data = json.loads((base / f"{pid}.json").read_text(encoding="utf-8"))
+            compiled[pid] = compile_profile(data, tables, ov if pid in INBOUND else None)
+        overrides = {k: Severity(v) for k, v in (severity_overrides or {}).items()}
+        return cls(compiled, tables, ov, overrides)
+
+    def pick_profile(self, message: Message) -> str:
+        msh = message.msh
+        mtype = msh.value(9, 1)
+        declared = {msh.value(21, 1, 1, r) for r in range(1, len(msh.repetitions(21)) + 1)}
+        if mtype == "VXU":
+            return "Z22"
+        if mtype == "QBP":
+            for pid in ("Z44", "Z34"):
+                if pid in declared:
+                    return pid
+            qpd = message.first("QPD")
+            return "Z44" if qpd is not None and qpd.value(1, 1) == "Z44" else "Z34"
+        if mtype == "ACK":
+            return "Z23"
+        if mtype == "RSP":
+            for pid in ("Z31", "Z32", "Z33", "Z42"):
+                if pid in declared:
+                    return pid
+            return "Z33"
+        return ""
+
+    def _run(self, message: Message, today: date | None, allowed: tuple[str, ...]
+             ) -> ValidationResult:
+        try:
+            pid = self.pick_profile(message) if message.segments else ""
+            if pid not in allowed:
+                return ValidationResult(pid, (), False, frozenset(), frozenset())
+            run = _Run(self, self.profiles[pid], message, today)
+            run.structure()
+            run.fields()
+            run.business()
+            run.statements()
+            run.propagate()
+            return run.result()
+        except Exception:  # the validator must never take the pipeline down
+            issue = Issue(207, E, Location("MSH", 1), "Validation could not complete",
+                          None, "internal")
+            return ValidationResult("", (issue,), False, frozenset(), frozenset())
+
+    def validate(self, message: Message, today: date) -> ValidationResult:
+        """Validate an inbound VXU (Z22) or QBP (Z34/Z44)."""
+        return self._run(message, today, INBOUND)
+
+    def validate_outbound(self, message: Message) -> ValidationResult:
+        """Validate one of our responses (Z23/Z31/Z32/Z33/Z42) against the NIST profile."""
+        return self._run(message, None, OUTBOUND)
