@@ -49,7 +49,7 @@ ASSESSED = date(2025, 11, 10)
 
 def _percentile(samples: list[float], pct: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def bench_suite() -> None:
@@ -59,7 +59,8 @@ def bench_suite() -> None:
     start = time.perf_counter()
     cases = json.loads(HEALTHY.read_text())
     _patients = [
-        (PatientFacts(date.fromisoformat(c["dob"]), c["gender"][:1]), len(c["doses"])) for c in cases
+        (PatientFacts(date.fromisoformat(c["dob"]), c["gender"][:1]), len(c["doses"]))
+        for c in cases
     ]
     baseline = time.perf_counter() - start
     start = time.perf_counter()

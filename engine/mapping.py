@@ -313,8 +313,8 @@ class VxuMapper:
                 views.append(_View(seg, index, counts[seg.id], emptied))
         msh = views[0] if views and views[0].segment.id == "MSH" else None
         organization = ""
-        for seg, f, c, s in self._org_paths:
-            if msh is not None and seg == "MSH":
+        for seg_id, f, c, s in self._org_paths:
+            if msh is not None and seg_id == "MSH":
                 organization = msh.value(f, c, s).strip()
                 if organization:
                     break
@@ -387,9 +387,10 @@ class VxuMapper:
             ctx.setdefault(view.segment.id, view)
         problems = []
         for seg, f, c, s in self._group_required:
-            view = ctx.get(seg)
-            if view is None or not view.value(f, c, s).strip():
-                seq = view.sequence if view else (ctx["ORC"].sequence if "ORC" in ctx else 1)
+            required = ctx.get(seg)
+            if required is None or not required.value(f, c, s).strip():
+                seq = (required.sequence if required
+                       else ctx["ORC"].sequence if "ORC" in ctx else 1)
                 problems.append(Issue(101, Severity.ERROR, Location(seg, seq, f),
                                       f"Required field {seg}-{f} is missing; this order group "
                                       "was not stored", 7, "mapping.required"))
@@ -406,10 +407,10 @@ class VxuMapper:
                                   "orc_sequence": ctx["ORC"].sequence if "ORC" in ctx else 0,
                                   "rxa_sequence": ctx["RXA"].sequence if "RXA" in ctx else 0}
         for attr in self._group_attrs:
-            view = ctx.get(attr.segment)
-            if view is None or (attr.when and not attr.applies(ctx)):
+            source = ctx.get(attr.segment)
+            if source is None or (attr.when and not attr.applies(ctx)):
                 continue
-            value = attr.read(view)
+            value = attr.read(source)
             if attr.normalise == "administered":
                 values.update(self._product_codes(value))
             elif attr.normalise == "route":

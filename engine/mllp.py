@@ -112,9 +112,14 @@ class MllpDecoder:
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume `data`; return the events it completes, in stream order."""
+        n = len(data)
+        if not self._in_frame and n > 2 and data[0] == _VT:
+            # The common case, one whole frame per read: no buffering, one copy.
+            end = data.find(TRAILER, 1)
+            if end == n - 2 and end - 1 <= self._max and data.find(START_BLOCK, 1, end) < 0:
+                return [Frame(bytes(data[1:end]))]
         events: list[Event] = []
         pos = 0
-        n = len(data)
         while pos < n:
             if not self._in_frame:
                 start = data.find(START_BLOCK, pos)
@@ -138,6 +143,11 @@ class MllpDecoder:
                 events.append(SkippedBytes(self._size + (restart - pos) + 1, in_frame=True))
                 self._open()
                 pos = restart + 1
+                continue
+            if end >= 0 and self._size == 0 and end - pos <= self._max:
+                events.append(Frame(bytes(data[pos:end])))
+                self._reset()
+                pos = end + 2
                 continue
             self._append(data, pos, limit)
             if end >= 0:
@@ -164,10 +174,12 @@ class MllpDecoder:
 
     def _reset(self) -> None:
         self._in_frame = False
-        self._buf = bytearray()
+        if self._buf:
+            self._buf = bytearray()
         self._size = 0
         self._discarding = False
-        self._head = bytearray()
+        if self._head:
+            self._head = bytearray()
         self._last_fs = False
 
     def _append(self, data: bytes, start: int, stop: int) -> None:

@@ -41,13 +41,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import os
 import signal
 import socket
 import ssl
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -152,12 +153,14 @@ class _Connection(asyncio.Protocol):
         self._frames = 0
         self.peer = "unknown"
         self._log: Any = _log
+        self._context = contextvars.copy_context()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
+        transport = self._transport
         self.peer = _format_peer(transport.get_extra_info("peername"))
         self._log = _log.bind(peer=self.peer)
         if not self._server._register(self):
@@ -168,6 +171,8 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         self._accepted = True
+        # One context per connection, bound once: the worker (and pipeline logs) carry the peer.
+        self._context.run(structlog.contextvars.bind_contextvars, peer=self.peer)
         self._metrics.connections.labels(outcome="accepted").inc()
         self._metrics.active_connections.inc()
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
@@ -193,7 +198,7 @@ class _Connection(asyncio.Protocol):
                 or self._queued_bytes >= self._cfg.max_frame_bytes):
             self._pause_reading()
         if self._queue and self._worker is None:
-            self._worker = self._loop.create_task(self._run())
+            self._worker = self._loop.create_task(self._run(), context=self._context)
         elif self._worker is None:
             self._arm()
 
@@ -201,7 +206,7 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         self._dispatch(self._decoder.close())
         if self._worker is None and self._queue:
-            self._worker = self._loop.create_task(self._run())
+            self._worker = self._loop.create_task(self._run(), context=self._context)
         # Keep the write side open so a half-closed peer still gets its responses (TCP only).
         keep_open = self._worker is not None and self._transport is not None and \
             self._transport.get_extra_info("sslcontext") is None
@@ -263,7 +268,6 @@ class _Connection(asyncio.Protocol):
         return completed
 
     async def _run(self) -> None:
-        structlog.contextvars.bind_contextvars(peer=self.peer)
         try:
             while self._queue and not self._closed:
                 item = self._queue.popleft()
@@ -299,7 +303,7 @@ class _Connection(asyncio.Protocol):
         if self._closed or transport is None or transport.is_closing():
             return
         if self._queue:
-            self._worker = self._loop.create_task(self._run())
+            self._worker = self._loop.create_task(self._run(), context=self._context)
             return
         if self._eof or (self._server.closing and not self._decoder.in_frame):
             transport.close()

@@ -17,7 +17,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +154,30 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(coro())  # type: ignore[arg-type]
+def _loop_factories() -> list[Any]:
+    factories: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+_loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+
+
+@pytest.fixture(autouse=True, params=_loop_factories())
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every behaviour holds on the stock asyncio loop and on uvloop (production's loop)."""
+    global _loop_factory
+    _loop_factory = request.param
+    yield
+    _loop_factory = asyncio.new_event_loop
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        runner.run(scenario())
 
 
 # -- ordering ------------------------------------------------------------------------------
@@ -615,49 +637,49 @@ def test_mutual_tls_requires_a_client_certificate(certs: Path, with_cert: bool,
 
 # -- with the real pipeline ----------------------------------------------------------------
 
+def real_handler(config: Config, metrics: Metrics) -> tuple[FrameHandler, Callable[[], None]]:
+    """The engine's own FrameHandler (pipeline, adapted by engine.service when it exists)."""
+    pipeline_mod = pytest.importorskip("engine.pipeline")
+    pipeline = pipeline_mod.build_pipeline(config, metrics)
+    if hasattr(pipeline, "handle"):
+        return pipeline, getattr(pipeline, "close", lambda: None)
+    service = pytest.importorskip("engine.service")
+    adapter = service.AsyncPipeline(pipeline)
+    return adapter, adapter.close
+
+
+async def one_exchange(server_config: ServerConfig, payload: bytes) -> bytes:
+    metrics = Metrics(CollectorRegistry())
+    handler, close = real_handler(Config(server=server_config), metrics)
+    server = MllpServer(server_config, handler, metrics)
+    await server.start()
+    try:
+        peer = await Peer.connect(server.port)
+        try:
+            await peer.send(payload)
+            return await peer.receive()
+        finally:
+            await peer.close()
+    finally:
+        await server.shutdown()
+        close()
+
+
 def test_real_pipeline_answers_over_mllp() -> None:
     """The engine's own pipeline, behind the listener, answers a VXU with MSA-2 = its MSH-10."""
-    pipeline_mod = pytest.importorskip("engine.pipeline")
-
     async def scenario() -> None:
-        metrics = Metrics(CollectorRegistry())
-        config = Config()
-        pipeline = pipeline_mod.build_pipeline(config, metrics)
-        server = MllpServer(ServerConfig(host=HOST, port=0), pipeline, metrics)
-        await server.start()
-        try:
-            peer = await Peer.connect(server.port)
-            await peer.send(message("E2E-1"))
-            code, control_id = msa(await peer.receive())
-            assert control_id == "E2E-1"
-            assert code in ("AA", "AE", "AR")
-            await peer.close()
-        finally:
-            await server.shutdown()
-            close = getattr(pipeline, "close", None)
-            if close is not None:
-                close()
+        response = await one_exchange(ServerConfig(host=HOST, port=0), message("E2E-1"))
+        code, control_id = msa(response)
+        assert control_id == "E2E-1"
+        assert code in ("AA", "AE", "AR")
     run(scenario)
 
 
 def test_real_pipeline_rejects_an_oversize_frame_with_ar() -> None:
     """The real pipeline answers an oversize frame AR, addressed by the frame's MSH-10."""
-    pipeline_mod = pytest.importorskip("engine.pipeline")
-
     async def scenario() -> None:
-        metrics = Metrics(CollectorRegistry())
-        pipeline = pipeline_mod.build_pipeline(Config(), metrics)
-        server = MllpServer(ServerConfig(host=HOST, port=0, max_frame_bytes=2048), pipeline,
-                            metrics)
-        await server.start()
-        try:
-            peer = await Peer.connect(server.port)
-            await peer.send(message("E2E-BIG", b"OBX|1|ST|||" + b"X" * 5000 + b"\r"))
-            assert msa(await peer.receive()) == ("AR", "E2E-BIG")
-            await peer.close()
-        finally:
-            await server.shutdown()
-            close = getattr(pipeline, "close", None)
-            if close is not None:
-                close()
+        response = await one_exchange(
+            ServerConfig(host=HOST, port=0, max_frame_bytes=2048),
+            message("E2E-BIG", b"OBX|1|ST|||" + b"X" * 5000 + b"\r"))
+        assert msa(response) == ("AR", "E2E-BIG")
     run(scenario)

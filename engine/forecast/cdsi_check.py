@@ -6,7 +6,8 @@ How expectations are compared (documented here because the workbook leaves room)
 
 * Evaluation: for every administered dose, the statuses the engine gives the dose for the
   antigens of the case's vaccine group are combined (all equal -> that status; otherwise
-  Not Valid wins over Extraneous over Valid). The status must equal the expected status
+  Not Valid wins, then Valid, then Extraneous: a Tdap booster that is
+  extraneous for pertussis but valid for tetanus and diphtheria is a valid DTaP/Tdap/Td dose). The status must equal the expected status
   (case-insensitive). A non-blank expected reason must be among the engine's reasons for
   the dose, after mapping CDC's labels ("Age: Too Young" -> "Too young", ...). A blank
   expected reason is not compared.
@@ -15,10 +16,12 @@ How expectations are compared (documented here because the workbook leaves room)
   must all match exactly; a blank expected past-due date means "no past-due date". When CDC
   expects no further dose, dose number and dates are blank/"-" in the workbook and are not
   compared.
-* When a vaccine group has several vaccine group forecasts (a risk and a standard best series
-  in non-equivalent series groups), the one compared is the one a clinician acts on first:
-  a "Not Complete" forecast with the earliest earliest date; otherwise the risk forecast,
-  then the most conclusive status (Complete before Immune, Contraindicated, ..., Aged Out).
+* When a vaccine group has several vaccine group forecasts (risk and standard best series in
+  non-equivalent series groups, or several standard series groups such as childhood and 50+
+  pneumococcal), the one compared is chosen without looking at the expectation: risk
+  forecasts supersede standard ones (the patient's condition drives the recommendation);
+  among the rest, a "Not Complete" forecast with the earliest earliest date, otherwise the
+  most conclusive status (Complete before Immune, Contraindicated, ..., Aged Out).
 * A case passes only when its evaluation and its forecast both pass.
 """
 
@@ -146,7 +149,7 @@ def _combined_status(statuses: Sequence[str]) -> str:
         return ""
     if len(set(statuses)) == 1:
         return statuses[0]
-    for status in (EvaluationStatus.NOT_VALID, EvaluationStatus.EXTRANEOUS):
+    for status in (EvaluationStatus.NOT_VALID, EvaluationStatus.VALID):
         if status in statuses:
             return status
     return statuses[0]
@@ -155,6 +158,8 @@ def _combined_status(statuses: Sequence[str]) -> str:
 def _pick_forecast(forecasts: Sequence[VaccineGroupForecast]) -> VaccineGroupForecast | None:
     if not forecasts:
         return None
+    risk = [f for f in forecasts if f.series_type == "Risk"]
+    forecasts = risk or forecasts
     open_ = [f for f in forecasts if f.earliest is not None]
     if open_:
         return min(open_, key=lambda f: (f.earliest or date.max, f.series_type != "Risk"))

@@ -8,7 +8,7 @@ the target doses of a patient series (6.1-6.10).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from engine.forecast.dates import MAX_DATE, MIN_DATE, Offset, add_offset
@@ -81,11 +81,19 @@ class EvalContext:
     observation_codes: frozenset[str]
     observation_dates: Mapping[str, date]
     completed_series_groups: frozenset[tuple[str, str]] = frozenset()
+    # Birth date + offset, memoised by offset identity: the schedule's offsets are long-lived
+    # shared objects and this is the hottest calculation of a forecast.
+    _ages: dict[int, tuple[Offset, date]] = field(default_factory=dict, compare=False, repr=False)
 
     def age_date(self, offset: Offset | None, default: date) -> date:
         if offset is None:
             return default
-        return add_offset(self.patient.birth_date, offset)
+        hit = self._ages.get(id(offset))
+        if hit is not None and hit[0] is offset:
+            return hit[1]
+        value = add_offset(self.patient.birth_date, offset)
+        self._ages[id(offset)] = (offset, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -342,9 +350,8 @@ def _conflict(
         if other.index in seen or other.date >= dose.date:
             continue
         seen.add(other.index)
-        for conflict in conflicts:
-            if _cvx_key(conflict.previous_cvx) != other.cvx:
-                continue
+        conflict = conflicts.get(other.cvx)
+        if conflict is not None:
             begin = add_offset(other.date, conflict.begin) if conflict.begin else other.date
             status = statuses.get(other.index)
             end_offset = (

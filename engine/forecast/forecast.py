@@ -7,6 +7,7 @@ recommendation), the wiring of best-series selection, and vaccine group forecast
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -205,7 +206,9 @@ def forecast_series(ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts
                 EvaluationStatus.NOT_VALID,
             ):
                 candidates.append(outcome.dose.date)
-        earliest = max(candidates) if candidates else ctx.patient.birth_date
+        # Table 7-9: with nothing to compute it from, the candidate earliest date is
+        # 12/31/2999, which can never precede the maximum age date.
+        earliest = max(candidates) if candidates else MAX_DATE
         if earliest >= max_age:
             return done(SeriesStatus.AGED_OUT, "Patient is unable to finish the series")
         # 7.6: re-forecast if the target dose would be skipped by the earliest date.
@@ -269,11 +272,13 @@ def _conflict_ends(preferable: Sequence[VaccineRule], ctx: EvalContext) -> list[
     ends: list[date] = []
     table = ctx.schedule.conflicts_by_current
     for rule in preferable:
-        conflicts = table.get(_cvx_key(rule.cvx), ())
+        conflicts = table.get(_cvx_key(rule.cvx))
+        if not conflicts:
+            continue
         for dose in ctx.all_doses:
-            for conflict in conflicts:
-                if _cvx_key(conflict.previous_cvx) == dose.cvx and conflict.end is not None:
-                    ends.append(add_offset(dose.date, conflict.end))
+            conflict = conflicts.get(dose.cvx)
+            if conflict is not None and conflict.end is not None:
+                ends.append(add_offset(dose.date, conflict.end))
     return ends
 
 
@@ -396,15 +401,23 @@ def _vaccine_group_forecasts(
         recs = [f.recommended for f in dated if f.recommended]
         dues = [f.past_due for f in dated if f.past_due]
         lates = [f.latest for f in dated if f.latest]
-        numbers = [f.dose_number for f in dated if f.dose_number is not None]
+        # Doses that completed another best series of the same antigen (e.g. a standard
+        # series before a risk booster, or a travel dose before the routine series) are doses
+        # the patient already has; the next dose is numbered after them.
+        numbers = [
+            max(
+                [f.dose_number]
+                + [
+                    _forecast_dose_number(o.targets, _doses_of(o))
+                    for o in everything
+                    if o.status == SeriesStatus.COMPLETE
+                    and o.evaluation.antigen == f.evaluation.antigen
+                ]
+            )
+            for f in dated
+            if f.dose_number is not None
+        ]
         number = (min(numbers) if group.administer_full else max(numbers)) if numbers else None
-        # Doses that completed another best series of the group (e.g. a standard series
-        # before a risk booster, or a travel dose before the routine series) are doses the
-        # patient already has; the next dose is numbered after them.
-        if number is not None:
-            for other in everything:
-                if other.status == SeriesStatus.COMPLETE:
-                    number = max(number, _forecast_dose_number(other.targets, _doses_of(other)))
         cvx: list[str] = []
         for f in dated:
             for code in f.recommended_cvx:
@@ -468,21 +481,15 @@ def forecast(
             continue
         evaluated = [evaluate_series(antigen.name, s, antigen_records, ctx) for s in series_list]
         forecasts = [forecast_series(ev, ctx, facts) for ev in evaluated]
-        if _uses_completed_series(series_list):
-            complete = frozenset(
-                (antigen.name, f.evaluation.series.series_group)
-                for f in forecasts
-                if f.status == SeriesStatus.COMPLETE
-            )
-            ctx2 = EvalContext(
-                ctx.patient,
-                ctx.assessment_date,
-                ctx.schedule,
-                ctx.all_doses,
-                ctx.observation_codes,
-                ctx.observation_dates,
-                complete,
-            )
+        complete = frozenset(
+            (antigen.name, f.evaluation.series.series_group)
+            for f in forecasts
+            if f.status == SeriesStatus.COMPLETE
+        )
+        # "Completed Series" skip conditions need the other series' outcome: when any series
+        # completed, evaluate again knowing which series groups are complete.
+        if complete and _uses_completed_series(series_list):
+            ctx2 = dataclasses.replace(ctx, completed_series_groups=complete)
             evaluated = [
                 evaluate_series(antigen.name, s, antigen_records, ctx2) for s in series_list
             ]

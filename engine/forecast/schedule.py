@@ -317,17 +317,24 @@ class Schedule:
         return {group.name: group for group in self.vaccine_groups}
 
     @cached_property
-    def conflicts_by_current(self) -> Mapping[str, tuple[LiveVirusConflict, ...]]:
-        table: dict[str, list[LiveVirusConflict]] = {}
+    def conflicts_by_current(self) -> Mapping[str, Mapping[str, LiveVirusConflict]]:
+        """Conflicts keyed by impacted (current) CVX, then by conflicting (previous) CVX."""
+        table: dict[str, dict[str, LiveVirusConflict]] = {}
         for conflict in self.live_virus_conflicts:
-            table.setdefault(_cvx_key(conflict.current_cvx), []).append(conflict)
-        return {key: tuple(value) for key, value in table.items()}
+            by_previous = table.setdefault(_cvx_key(conflict.current_cvx), {})
+            by_previous[_cvx_key(conflict.previous_cvx)] = conflict
+        return table
+
+
+_CVX_KEYS: dict[str, str] = {}
 
 
 def _cvx_key(cvx: str) -> str:
     # CVX codes appear both zero-padded ("03") and bare ("3"); compare them as numbers.
-    stripped = cvx.strip().lstrip("0")
-    return stripped or "0"
+    key = _CVX_KEYS.get(cvx)
+    if key is None:
+        key = _CVX_KEYS[cvx] = cvx.strip().lstrip("0") or "0"
+    return key
 
 
 # --- JSON codec -------------------------------------------------------------------------

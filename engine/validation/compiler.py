@@ -26,6 +26,13 @@ CodeCheck = Callable[[str, str], bool]
 # carried here, not in valuesets.json (the NIST libraries do not contain table 0162).
 LEGACY_ROUTES = frozenset({"ID", "IM", "IN", "IV", "NS", "PO", "SC", "TD", "OTH"})
 _STATE_CODE = re.compile(r"[A-Z]{2,3}\d{2}")  # "***" in HL70064_IZ: state-specific codes
+# Table entries such as "HL7nnnn", "99zzz", "NNxxx" stand for families of codes.
+_PLACEHOLDER = re.compile(r"[nxz]{3,}")
+
+
+def _placeholder(code: str) -> str:
+    return re.sub(r"[nxz]{3,}", lambda m: "".join(
+        {"n": r"\d", "x": "[A-Z]", "z": "[A-Za-z0-9]"}[c] for c in m.group(0)), re.escape(code))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +168,13 @@ class CodeTables:
         allowed = frozenset().union(*sets)
         if not allowed:
             return None
+        patterns = [_placeholder(c) for c in allowed if _PLACEHOLDER.search(c)]
+        if binding.startswith("HL70396"):
+            # table 0396 defines "HL7nnnn" (any HL7 table); the NIST library leaves it out
+            patterns.append(r"HL7\d{4}")
+        if patterns:
+            rx = re.compile("|".join(patterns))
+            return lambda code, _s: code in allowed or rx.fullmatch(code) is not None
         state = binding in self.wildcard_state
         if binding == "NCIT":
             return lambda code, system: code in allowed or (
@@ -184,6 +198,9 @@ def load_tables(profiles_dir: Path) -> CodeTables:
             wildcard.add(bid)
             values.discard("***")
         sets[bid] = frozenset(values)
+    # statements name CVX/MVX directly (IZ-37): serve them from the CDC tables too
+    sets["CVX"] = frozenset(codes["cvx"])
+    sets["MVX"] = frozenset(codes["mvx"])
     return CodeTables(sets=sets, cvx=codes["cvx"], mvx=codes["mvx"],
                       cvx_mvx={k: frozenset(v) for k, v in codes["cvx_mvx"].items()},
                       ndc=codes["ndc"], wildcard_state=frozenset(wildcard))

@@ -103,16 +103,13 @@ def _rep_values(seg: Segment, fnum: int, rep: int, rest: Path) -> list[str]:
         leaves = [s for c in tree[rep - 1] for s in c if s]
         return leaves
     if sub == 0:
-        comps = seg.components(fnum, rep)
-        if comp > len(comps):
-            return []
-        value = comps[comp - 1]
-        if seg.delimiters.subcomponent in value:
-            # components() leaves subcomponents joined; the value of a component is its first sub
-            first = seg.value(fnum, comp, 1, rep)
-            return [first] if first else ([value] if value.strip(seg.delimiters.subcomponent)
-                                          else [])
-        return [value] if value else []
+        # the value of a component is its first subcomponent; a component whose first sub is
+        # empty but has later ones still counts as present
+        first = seg.value(fnum, comp, 1, rep)
+        if first:
+            return [first]
+        second = seg.value(fnum, comp, 2, rep)
+        return [second] if second else []
     value = seg.value(fnum, comp, sub, rep)
     return [value] if value else []
 

@@ -34,8 +34,8 @@ from engine.hl7.er7 import Message, Segment
 from engine.hl7.escape import unescape
 from engine.validation.compiler import (
     CodeTables,
-    ComponentRule,
     CompiledProfile,
+    ComponentRule,
     FieldRule,
     GrammarNode,
     Overlay,
@@ -46,9 +46,9 @@ from engine.validation.compiler import (
     load_tables,
 )
 from engine.validation.formats import FORMATS, to_date
-from engine.validation.paths import GroupNode, RepNode, SegNode, parse_path, resolve
+from engine.validation.paths import GroupNode, RepNode, SegNode, parse_path
 
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
 INBOUND = ("Z22", "Z34", "Z44")
 OUTBOUND = ("Z23", "Z31", "Z32", "Z33", "Z42")
 
@@ -159,7 +159,7 @@ class _Run:
         for i, s in enumerate(self.segs):
             if i and s.id.startswith("Z"):
                 self.dropped.add(i)
-                self.add(i, 0, ACCEPTED, I, self.loc(i),
+                self.add(i, 0, ACCEPTED, INFO, self.loc(i),
                          f"{s.id} is a local Z-segment not used by profile {self.p.id}: ignored",
                          DATA_IGNORED, "segment.Z")
             else:
@@ -233,18 +233,22 @@ class _Run:
         blank = d.component + d.subcomponent + d.repetition
         for r in rules.fields:
             raw = seg.field(r.n) if r.n <= nfields else ""
-            usage = self._usage(r, node)
             if not raw or (not raw.strip(blank) and not (sid == "MSH" and r.n <= 2)):
+                # an empty field matters only if it is (or may become) R
+                if r.usage not in ("R", "C"):
+                    continue
+                usage = self._usage(r, node)
                 if usage == "R":
                     rule = r.rule or RULE_ALIASES.get((sid, r.n)) or (
                         "usage.C" if r.usage == "C" else "usage.R")
                     self.add(i, r.n, REQUIRED_MISSING, E, self.loc(i, r.n),
                              f"{sid}-{r.n} ({r.name}) is required but empty"
-                             + (": segment ignored" if sid != "MSH" else ""),
+                             + (": segment rejected" if sid != "MSH" else ""),
                              REQUIRED_DATA_MISSING, rule)
                     if sid != "MSH":
                         self.r_empty.setdefault(i, r.n)
                 continue
+            usage = self._usage(r, node)
             if usage == "X":
                 self.emptied.add((i, r.n))
                 self.add(i, r.n, ACCEPTED, W, self.loc(i, r.n),
@@ -289,26 +293,28 @@ class _Run:
                 if fmt is not None and not fmt[0](value):
                     bad = (DATATYPE_ERROR, fmt[1],
                            f"{sid}-{r.n} ({r.name}) is not a valid {datatype} value", 0)
-                elif r.binding is not None and not r.binding(value, ""):
+                elif r.binding is not None and not r.binding(value.strip(), ""):
                     bad = (TABLE_VALUE, TABLE_NOT_FOUND,
                            f"{sid}-{r.n} ({r.name}) code '{_code(value)}' is not in "
                            f"{r.binding_id}", 0)
             else:
                 bad = self._components(i, seg, r, rep_no, comps)
                 if bad is None and r.binding is not None:
-                    code = seg.value(r.n, 1, 1, rep_no)
+                    cval = seg.value(r.n, 1, 1, rep_no)
                     system = seg.value(r.n, 3, 1, rep_no)
-                    if code and not r.binding(code, system):
+                    # a stray blank around a code is a typing slip, not another code
+                    if cval.strip() and not r.binding(cval.strip(), system.strip()):
                         bad = (TABLE_VALUE, TABLE_NOT_FOUND,
-                               f"{sid}-{r.n} ({r.name}) code '{_code(code)}' is not in "
+                               f"{sid}-{r.n} ({r.name}) code '{_code(cval)}' is not in "
                                f"{r.binding_id}", 1)
             if bad is not None:
                 code, app, text, comp = bad
                 required = usage == "R" and sid != "MSH"
-                self.add(i, r.n, code, E if required else W,
-                         self.loc(i, r.n, rep_no, comp), text + (
-                             "" if required else ": data ignored"), app,
-                         "valueset" if code == TABLE_VALUE else "datatype")
+                if text:
+                        self.add(i, r.n, code, E if required else W,
+                             self.loc(i, r.n, rep_no, comp), text + (
+                                 "" if required else ": data ignored"), app,
+                             "valueset" if code == TABLE_VALUE else "datatype")
                 self.empty_field(i, r.n, usage, code)
                 return
 
@@ -321,16 +327,16 @@ class _Run:
         for c in comps:
             text = parts[c.n - 1] if c.n <= len(parts) else ""
             value = text.split(sub, 1)[0] if sub in text else text
-            usage = self._usage(c, node)
             if not text.strip(sub):
-                if usage == "R":
+                if c.usage not in ("R", "C"):
+                    continue
+                if self._usage(c, node) == "R":
                     sev = Severity(c.severity)
                     self.add(i, r.n, REQUIRED_MISSING, sev, self.loc(i, r.n, rep_no, c.n),
                              f"{sid}-{r.n}.{c.n} ({c.name}) is required when {sid}-{r.n} "
                              "is valued", REQUIRED_DATA_MISSING, c.rule)
                     if sev is E:
-                        return (REQUIRED_MISSING, REQUIRED_DATA_MISSING,
-                                f"{sid}-{r.n} is incomplete", c.n)
+                        return (REQUIRED_MISSING, REQUIRED_DATA_MISSING, "", c.n)
                 continue
             if c.maxlen and len(value) > c.maxlen:
                 self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, rep_no, c.n),
@@ -340,7 +346,7 @@ class _Run:
             if fmt is not None and not fmt[0](value):
                 return (DATATYPE_ERROR, fmt[1],
                         f"{sid}-{r.n}.{c.n} ({c.name}) is not a valid {c.datatype} value", c.n)
-            if c.binding is not None and not c.binding(value, ""):
+            if c.binding is not None and not c.binding(value.strip(), ""):
                 self.add(i, r.n, TABLE_VALUE, W, self.loc(i, r.n, rep_no, c.n),
                          f"{sid}-{r.n}.{c.n} ({c.name}) code '{_code(value)}' is not in "
                          f"{c.binding_id}", TABLE_NOT_FOUND, "valueset.component")
@@ -359,15 +365,18 @@ class _Run:
         self.r_empty.setdefault(i, fld)
 
     # -- statements ----------------------------------------------------------------------
-    def _statement_issue(self, i: int, st: Statement, fld: int, comp: int = 0) -> None:
+    def _statement_issue(self, i: int, st: Statement, fld: int, comp: int = 0,
+                         rep: int = 0) -> None:
         if st.kind == "Format":
             code, app = DATATYPE_ERROR, INVALID_DATE if "T" in st.id.split("-")[-1] else INVALID_VALUE
         elif st.kind in ("PlainText", "StringList", "ValueSet"):
             code, app = TABLE_VALUE, INVALID_VALUE
         else:
             code, app = APPLICATION_ERROR, ILLOGICAL_VALUE
-        loc = self.loc(i, fld, 0, comp)
-        if any(x.location == loc and x.code == code for _, x in self.found):
+        loc = self.loc(i, fld, rep, comp)
+        if any(x.location.segment == loc.segment and x.location.sequence == loc.sequence
+               and x.location.field == fld and x.code in (code, DATATYPE_ERROR)
+               for _, x in self.found):
             return  # the datatype check already said so
         self.add(i, fld, code, W, loc, f"{st.id}: {st.description}", app, st.id)
 
@@ -386,7 +395,7 @@ class _Run:
                         continue
                     if not st.check(node, self.segs):
                         comp = parse_path(st.target)[0][0] if st.target else 0
-                        self._statement_issue(i, st, r.n, comp)
+                        self._statement_issue(i, st, r.n, comp, rep_no)
 
     def statements(self) -> None:
         for i, (node, _inst) in sorted(self.placed.items()):

@@ -21,10 +21,12 @@ BORN = date(2025, 1, 1)
 
 
 def _run(
-    doses: list[tuple[date, str]], assessed: date, born: date = BORN, **kw: object
+    doses: list[tuple[date, str]],
+    assessed: date,
+    born: date = BORN,
+    codes: tuple[str, ...] = (),
 ) -> ForecastResult:
-    observations = tuple(Observation(str(code)) for code in kw.get("codes", ()))  # type: ignore[attr-defined]
-    patient = PatientFacts(born, str(kw.get("gender", "F")), observations)
+    patient = PatientFacts(born, "F", tuple(Observation(code) for code in codes))
     return forecast(patient, [AdministeredDose(d, cvx) for d, cvx in doses], assessed)
 
 
@@ -110,7 +112,7 @@ def test_birth_before_1957_is_evidence_of_measles_immunity() -> None:
 
 def test_adverse_reaction_contraindicates_the_vaccine_group() -> None:
     """An adverse reaction to a vaccine component (observation 080) contraindicates DTaP."""
-    result = _run([], date(2025, 4, 1), codes=["080"])
+    result = _run([], date(2025, 4, 1), codes=("080",))
     assert _group(result, "DTaP/Tdap/Td").status == SeriesStatus.CONTRAINDICATED
 
 

@@ -1,0 +1,59 @@
+"""Database engines for the registry store: URL handling and per-backend durability settings.
+
+SQLite (embedded default): WAL journal, ``synchronous=FULL`` so a committed transaction
+survives power loss, a busy timeout instead of immediate "database is locked", foreign keys
+on, and ``BEGIN IMMEDIATE`` so a writer takes the write lock up front (two writers never
+deadlock upgrading read locks). PostgreSQL (production): psycopg 3, default
+``synchronous_commit`` (on) — commits are durable; nothing here trades that away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, *, pool_size: int = 10, pool_timeout: float = 5.0) -> Engine:
+    """An Engine configured for durable writes on either backend."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, poolclass=NullPool if database in ("", ":memory:")
+                               else None, connect_args={"check_same_thread": False,
+                                                        "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _sqlite_durability(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
+                         pool_timeout=pool_timeout, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 5})
+
+
+def _sqlite_durability(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN IMMEDIATE below is what runs.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,1 @@
+"""Registry store and VXU intake tests (SQLite and PostgreSQL)."""
