@@ -169,12 +169,17 @@ def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                   out, progress=err.isatty() and not args.json))
 
 
+MESSAGE_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ""})
+
+
 def _message_files(paths: Sequence[Path]) -> list[Path]:
+    """Files named on the command line, and message files (.hl7, .er7, .txt, .msg) in folders."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             files += sorted(p for p in path.rglob("*")
-                            if p.is_file() and not p.name.startswith("."))
+                            if p.is_file() and not p.name.startswith(".")
+                            and p.suffix.lower() in MESSAGE_SUFFIXES)
         else:
             files.append(path)
     return files
@@ -236,9 +241,16 @@ def _report(pipeline: Pipeline, payload: bytes) -> str:
     from engine.hl7 import decode, parse
     from engine.validation import format_report
 
+    from engine.errors import HL7Error
+    from engine.hl7 import peek_header
+    from engine.pipeline import accept_issues
+
+    header = peek_header(payload)
+    if accept_issues(header, pipeline.accept):
+        return ""  # rejected before validation: the response says why
     try:
-        message = parse(decode(payload))
-    except Exception:  # the response already reports why it could not be read
+        message = parse(decode(payload, header))
+    except HL7Error:  # the response already reports why it could not be read
         return ""
     result = pipeline.validator.validate(message, pipeline.today())
     return format_report(result, message)

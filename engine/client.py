@@ -176,11 +176,11 @@ def load_messages(paths: list[Path], warn: TextIO) -> list[list[Outgoing]]:
         except OSError as exc:
             raise SendError(f"{path}: {exc.strerror or exc}") from None
         payloads, ignored = split_messages(data)
-        if ignored:
-            print(f"warning: {path}: {ignored} line(s) before the first MSH ignored", file=warn)
         if not payloads:
             print(f"warning: {path}: no MSH segment found, skipped", file=warn)
             continue
+        if ignored:
+            print(f"warning: {path}: {ignored} line(s) before the first MSH ignored", file=warn)
         groups.append([Outgoing(str(path), i, p, peek_header(p).control_id)
                        for i, p in enumerate(payloads, start=1)])
     return groups

@@ -70,7 +70,7 @@ def _completable(s: ScoredSeries) -> bool:
 def _scorable(group: Sequence[ScoredSeries]) -> list[ScoredSeries]:
     all_contra = all(s.status == SeriesStatus.CONTRAINDICATED for s in group)
     candidates = [s for s in group if s.status != SeriesStatus.CONTRAINDICATED or all_contra]
-    best_priority = min((s.priority for s in group), default="A")
+    best_priority = max((s.priority for s in group if _is_risk(s)), default="A")
     no_valid = all(s.valid_count == 0 for s in group)
     has_default = any(s.default and s.can_start for s in group)
     out: list[ScoredSeries] = []
@@ -82,7 +82,7 @@ def _scorable(group: Sequence[ScoredSeries]) -> list[ScoredSeries]:
         if s not in candidates:
             continue
         if _is_risk(s):
-            if s.priority <= best_priority:
+            if s.priority >= best_priority:
                 out.append(s)
         elif _is_standard(s):
             if s.valid_count > 0 and s.first_valid_date is not None:

@@ -1,0 +1,259 @@
+"""VXU intake throughput: our engine (validated, stored, durable) vs python-hl7's echo server.
+
+Runs, in one invocation and with the same client: (1) python-hl7's MLLP server in a
+subprocess whose handler only does `hl7.parse` + `create_ack()` (no validation, no storage),
+(2) this engine in a subprocess, as `serve` wires it (validator + VXU handler + message
+journal), against a fresh PostgreSQL database, and (3) the same against a fresh SQLite file.
+The client opens 8 MLLP connections and sends unique synthetic VXUs (new patient, 1–3 doses
+each), one outstanding message per connection; it prints msg/s, p50/p99 latency and each
+engine's ratio against the echo server.
+
+Usage (from the repo root)::
+
+    PYTHONPATH=. .venv/bin/python bench/vxu.py [--messages 3000] [--connections 8]
+        [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--skip-sqlite]
+
+Durability is never traded for speed: SQLite runs with WAL + synchronous=FULL and PostgreSQL
+with synchronous_commit=on; every AA is sent after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SB, EB, CR = b"\x0b", b"\x1c", b"\r"
+
+ECHO_SERVER = """
+import asyncio, sys, hl7, hl7.mllp
+async def handle(reader, writer):
+    try:
+        while not writer.is_closing():
+            message = await reader.readmessage()
+            writer.writemessage(message.create_ack())
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await hl7.mllp.start_hl7_server(handle, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_messages(count: int, run: str) -> list[bytes]:
+    """Unique, valid VXU^V04 Z22 messages: one new patient each, 1–3 administered doses."""
+    out = []
+    vaccines = [("08", "HepB"), ("20", "DTaP"), ("10", "IPV"), ("03", "MMR"), ("140", "Flu")]
+    for i in range(count):
+        doses = []
+        for d in range(1 + i % 3):
+            cvx, name = vaccines[(i + d) % len(vaccines)]
+            doses += [
+                f"ORC|RE||{run}-{i}-{d}^EHR|||||||^Clerk^Cara||^Doc^Dan^^^^^^^L",
+                f"RXA|0|1|2024{1 + d:02d}15||{cvx}^{name}^CVX|0.5|mL^mL^UCUM||00^New "
+                f"immunization record^NIP001|7^Nurse^Nia^^^^^^EHR^L^^^PRN|^^^SITE1||||"
+                f"LOT{i}{d}|20301231|MSD^Merck^MVX|||CP|A",
+                "RXR|C28161^Intramuscular^NCIT|LD^Left Deltoid^HL70163",
+                "OBX|1|CE|64994-7^Vaccine funding program eligibility category^LN|1|V02^VFC "
+                "eligible - Medicaid^HL70064||||||F|||20240115|||VXC40^Eligibility captured at "
+                "the immunization level^CDCPHINVS",
+            ]
+        segs = [
+            f"MSH|^~\\&|BENCH|ORG{i % 5}|IIS|CAIR2|20240115120000-0800||VXU^V04^VXU_V04|"
+            f"{run}-{i}|P|2.5.1|||ER|AL|||||Z22^CDCPHINVS|ORG{i % 5}",
+            f"PID|1||MR{i}^^^ORG{i % 5}^MR||Family{i}^Given{i}^M^^^^L|Mother^Mae^^^^^M|"
+            f"2015{1 + i % 12:02d}{1 + i % 28:02d}|{'FM'[i % 2]}||2106-3^White^CDCREC|"
+            f"{i} Main St^^Town^CA^90001^USA^H||^PRN^PH^^^555^{5550000 + i % 10000}|||||||||"
+            "2186-5^Not Hispanic or Latino^CDCREC",
+            "PD1|||||||||||02^Reminder/Recall - any method^HL70215|N|20240115|||A|20240115|"
+            "20240115",
+            "NK1|1|Mother^Mae^^^^^L|MTH^Mother^HL70063",
+            *doses,
+        ]
+        out.append(("\r".join(segs) + "\r").encode())
+    return out
+
+
+async def _connection(port: int, messages: list[bytes], latencies: list[float],
+                      acks: dict[str, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for message in messages:
+            started = time.perf_counter()
+            writer.write(SB + message + EB + CR)
+            await writer.drain()
+            frame = await reader.readuntil(EB + CR)
+            latencies.append(time.perf_counter() - started)
+            at = frame.find(b"MSA|")
+            code = frame[at + 4:at + 6].decode() if at >= 0 else "??"
+            acks[code] = acks.get(code, 0) + 1
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def drive(port: int, messages: list[bytes], connections: int) -> dict[str, object]:
+    latencies: list[float] = []
+    acks: dict[str, int] = {}
+
+    async def run() -> float:
+        shares = [messages[i::connections] for i in range(connections)]
+        started = time.perf_counter()
+        await asyncio.gather(*(_connection(port, s, latencies, acks) for s in shares))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(run())
+    q = statistics.quantiles(latencies, n=100)
+    return {"rate": len(messages) / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000,
+            "acks": acks}
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def serve_engine(url: str, port: int) -> None:
+    """Child process: the engine as `serve` wires it (validator + store handlers + journal)."""
+    from engine.config import Config, ServerConfig
+    from engine.handlers import build_handlers
+    from engine.observability import logging as obs_logging
+    from engine.observability.metrics import Metrics
+    from engine.pipeline import Pipeline
+    from engine.responses import ResponseBuilder
+    from engine.server import MllpServer, install_event_loop_policy
+    from engine.service import AsyncPipeline
+
+    obs_logging.configure("json", "warning")
+    cfg = Config(server=ServerConfig(port=port))
+    metrics = Metrics()
+    bundle = build_handlers(url, metrics)
+    validator = None
+    try:
+        from engine.validation import Validator
+
+        validator = Validator.load()
+    except ImportError:
+        pass
+    pipeline = Pipeline(accept=cfg.accept, responses=ResponseBuilder(cfg.identity),
+                        metrics=metrics, handlers=bundle.handlers, journal=bundle.journal,
+                        validator=validator)
+    frontend = AsyncPipeline(pipeline, threads=bundle.executor_threads)
+    install_event_loop_policy()
+
+    async def main() -> None:
+        server = MllpServer(cfg.server, frontend, metrics)
+        await server.start()
+        await server.serve_forever()
+
+    try:
+        asyncio.run(main())
+    finally:
+        frontend.close()
+        bundle.close()
+
+
+def run_server(cmd: list[str], port: int, messages: list[bytes],
+               connections: int) -> dict[str, object]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_ready(port, proc)
+        return drive(port, messages, connections)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--postgres-url",
+                   default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--skip-sqlite", action="store_true")
+    p.add_argument("--skip-postgres", action="store_true")
+    p.add_argument("--serve", nargs=2, metavar=("URL", "PORT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve_engine(args.serve[0], int(args.serve[1]))
+        return 0
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from engine.store.migrate import upgrade
+
+    results: dict[str, dict[str, object]] = {}
+    port = free_port()
+    results["python-hl7 echo"] = run_server(
+        [sys.executable, "-c", ECHO_SERVER, str(port)], port,
+        make_messages(args.messages, f"E{uuid.uuid4().hex[:6]}"), args.connections)
+
+    if not args.skip_postgres:
+        admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
+        name = f"iz_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(args.postgres_url).set(database=name).render_as_string(
+            hide_password=False)
+        try:
+            upgrade(url)
+            port = free_port()
+            results["engine + PostgreSQL"] = run_server(
+                [sys.executable, __file__, "--serve", url, str(port)], port,
+                make_messages(args.messages, f"P{uuid.uuid4().hex[:6]}"), args.connections)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            port = free_port()
+            results["engine + SQLite"] = run_server(
+                [sys.executable, __file__, "--serve", f"sqlite:///{tmp}/bench.sqlite3",
+                 str(port)], port, make_messages(args.messages, f"S{uuid.uuid4().hex[:6]}"),
+                args.connections)
+
+    echo = float(results["python-hl7 echo"]["rate"])  # type: ignore[arg-type]
+    print(f"{args.messages} unique VXUs over {args.connections} MLLP connections, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'server':<22}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}  acks")
+    for label, r in results.items():
+        rate = float(r["rate"])  # type: ignore[arg-type]
+        print(f"{label:<22}{rate:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+              f"{rate / echo:>8.2f}x  {r['acks']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
