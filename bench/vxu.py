@@ -61,28 +61,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def letters(n: int) -> str:
+    """A letters-only rendering of n (names never carry digits; matching drops them)."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = chr(65 + r) + out
+        if n == 0:
+            return out
+
+
 def make_messages(count: int, run: str) -> list[bytes]:
     """Unique, valid VXU^V04 Z22 messages: one new patient each, 1–3 administered doses."""
     out = []
-    vaccines = [("08", "HepB"), ("20", "DTaP"), ("10", "IPV"), ("03", "MMR"), ("140", "Flu")]
+    vaccines = [("08", "HepB", "MSD"), ("20", "DTaP", "PMC"), ("10", "IPV", "PMC"),
+                ("03", "MMR", "MSD"), ("140", "Flu", "PMC")]
     for i in range(count):
         doses = []
         for d in range(1 + i % 3):
-            cvx, name = vaccines[(i + d) % len(vaccines)]
+            cvx, name, mvx = vaccines[(i + d) % len(vaccines)]
             doses += [
                 f"ORC|RE||{run}-{i}-{d}^EHR|||||||^Clerk^Cara||^Doc^Dan^^^^^^^L",
                 f"RXA|0|1|2024{1 + d:02d}15||{cvx}^{name}^CVX|0.5|mL^mL^UCUM||00^New "
                 f"immunization record^NIP001|7^Nurse^Nia^^^^^^EHR^L^^^PRN|^^^SITE1||||"
-                f"LOT{i}{d}|20301231|MSD^Merck^MVX|||CP|A",
+                f"LOT{i}{d}|20301231|{mvx}^Maker^MVX|||CP|A",
                 "RXR|C28161^Intramuscular^NCIT|LD^Left Deltoid^HL70163",
                 "OBX|1|CE|64994-7^Vaccine funding program eligibility category^LN|1|V02^VFC "
                 "eligible - Medicaid^HL70064||||||F|||20240115|||VXC40^Eligibility captured at "
                 "the immunization level^CDCPHINVS",
+                "OBX|2|CE|69764-9^Document type^LN|2|253088698300028811170411^Td VIS^cdcgs1vis"
+                "||||||F",
+                "OBX|3|TS|29769-7^Date VIS presented^LN|2|20240115||||||F",
             ]
         segs = [
             f"MSH|^~\\&|BENCH|ORG{i % 5}|IIS|CAIR2|20240115120000-0800||VXU^V04^VXU_V04|"
             f"{run}-{i}|P|2.5.1|||ER|AL|||||Z22^CDCPHINVS|ORG{i % 5}",
-            f"PID|1||MR{i}^^^ORG{i % 5}^MR||Family{i}^Given{i}^M^^^^L|Mother^Mae^^^^^M|"
+            f"PID|1||MR{i}^^^ORG{i % 5}^MR||Fam{letters(i)}^Giv{letters(i)}^M^^^^L|Mother^Mae^^^^^M|"
             f"2015{1 + i % 12:02d}{1 + i % 28:02d}|{'FM'[i % 2]}||2106-3^White^CDCREC|"
             f"{i} Main St^^Town^CA^90001^USA^H||^PRN^PH^^^555^{5550000 + i % 10000}|||||||||"
             "2186-5^Not Hispanic or Latino^CDCREC",

@@ -10,17 +10,17 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import TextIO
 
 from engine import config as config_mod
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StoreError
 from engine.observability import logging as obs_logging
 from engine.observability.metrics import Metrics
-from engine.pipeline import MessageHandler, Pipeline, build_pipeline
+from engine.pipeline import Journal, MessageHandler, Pipeline, build_pipeline
 from engine.responses import ACKS_DIR, AckPolicy, ResponseBuilder, system_clock
 from engine.validation import Validator
 
@@ -88,7 +88,8 @@ def _validator(policy: AckPolicy) -> Validator:
 
 
 def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
-                  handlers: dict[str, MessageHandler] | None = None) -> Pipeline:
+                  handlers: Mapping[str, MessageHandler] | None = None,
+                  journal: Journal | None = None) -> Pipeline:
     policy = _policy(cfg)
     clock = system_clock
     if cfg.as_of:
@@ -98,25 +99,38 @@ def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
         pipeline_today = None
     responses = ResponseBuilder(cfg.identity, clock=clock, policy=policy)
     pipeline = build_pipeline(cfg, metrics, responses=responses, handlers=handlers,
-                              validator=_validator(policy))
+                              validator=_validator(policy), journal=journal)
     if pipeline_today is not None:
         pipeline.today = pipeline_today
     return pipeline
 
 
 async def _serve(cfg: config_mod.Config) -> int:
+    from engine.handlers import build_handlers
     from engine.http import HttpServer
     from engine.server import MllpServer
     from engine.service import AsyncPipeline
 
     log = obs_logging.get_logger("engine.cli")
     metrics = Metrics()
-    pipeline = make_pipeline(cfg, metrics)
-    frames = AsyncPipeline(pipeline)
+    try:
+        bundle = build_handlers(cfg.database.url, metrics)
+    except StoreError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    pipeline = make_pipeline(cfg, metrics, handlers=bundle.handlers, journal=bundle.journal)
+    frames = AsyncPipeline(pipeline, threads=bundle.executor_threads)
     server = MllpServer(cfg.server, frames, metrics)
     http = HttpServer(cfg.http, metrics.registry, ready=lambda: True)
-    await server.start()
-    await http.start()
+    try:
+        await server.start()
+        await http.start()
+    except OSError as exc:
+        print(f"serve: cannot listen ({exc.strerror})", file=sys.stderr)
+        await server.shutdown()
+        frames.close()
+        bundle.close()
+        return 2
     log.info("engine.started", mllp_port=server.port, http_port=http.port,
              database=cfg.database.url.split("://")[0])
     stop = asyncio.Event()
@@ -128,6 +142,7 @@ async def _serve(cfg: config_mod.Config) -> int:
     await server.shutdown()
     await http.shutdown()
     frames.close()
+    bundle.close()
     log.info("engine.stopped")
     return 0
 

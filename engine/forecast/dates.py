@@ -7,9 +7,9 @@ Owns the parsing of supporting-data durations such as ``"12 months - 4 days"`` i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = ["MAX_DATE", "MIN_DATE", "Offset", "add_offset", "parse_offset", "parse_xml_date"]
 
@@ -20,9 +20,12 @@ MAX_DATE = date(2999, 12, 31)
 _TERM = re.compile(r"([+-]?)\s*(\d+)\s*(year|month|week|day)s?", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
-class Offset:
-    """A signed duration made of years, months and days (weeks are folded into days)."""
+class Offset(NamedTuple):
+    """A signed duration made of years, months and days (weeks are folded into days).
+
+    A named tuple rather than a dataclass: offsets key the date caches of every forecast and
+    a tuple hashes and compares in C.
+    """
 
     years: int = 0
     months: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import datetime as _dt
 from datetime import date
 
 from engine.forecast.dates import MAX_DATE, MIN_DATE, Offset, add_offset
@@ -64,10 +65,12 @@ class AntigenDose:
     dose: AdministeredDose
     antigen: str
     cvx: str
+    # The date administered, copied out of ``dose``: it is read in every comparison of the
+    # evaluation, and an attribute is much cheaper than a property there.
+    date: _dt.date = field(default=_dt.date.min, init=False, compare=False, repr=False)
 
-    @property
-    def date(self) -> date:
-        return self.dose.date_administered
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "date", self.dose.date_administered)
 
 
 @dataclass(frozen=True)
@@ -81,33 +84,41 @@ class EvalContext:
     observation_codes: frozenset[str]
     observation_dates: Mapping[str, date]
     completed_series_groups: frozenset[tuple[str, str]] = frozenset()
-    # Birth date + offset, memoised by offset identity: the schedule's offsets are long-lived
-    # shared objects and this is the hottest calculation of a forecast.
-    _ages: dict[int, tuple[Offset, date]] = field(default_factory=dict, compare=False, repr=False)
+    # Table 5-2 gender ("Female"/"Male"/"Unknown"), resolved once per forecast.
+    gender: str = field(default="Unknown", init=False, compare=False)
+    # Birth date + offset, memoised by offset value: this is the hottest calculation of a
+    # forecast and the schedule repeats the same few dozen ages across its series.
+    _ages: dict[Offset, date] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gender", _GENDERS.get(self.patient.gender.upper(), "Unknown"))
 
     def age_date(self, offset: Offset | None, default: date) -> date:
         if offset is None:
             return default
-        hit = self._ages.get(id(offset))
-        if hit is not None and hit[0] is offset:
-            return hit[1]
-        value = add_offset(self.patient.birth_date, offset)
-        self._ages[id(offset)] = (offset, value)
+        value = self._ages.get(offset)
+        if value is None:
+            value = self._ages[offset] = add_offset(self.patient.birth_date, offset)
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TargetDose:
-    """A target dose after evaluation: its series dose, status and satisfying dose."""
+    """A target dose after evaluation: its series dose, status and satisfying dose.
+
+    Treated as immutable (a new one replaces it on every status change) but not declared
+    frozen: frozen dataclass construction is several times slower, and dozens are made per
+    patient series.
+    """
 
     series_dose: SeriesDose
     status: str
     satisfied_by: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DoseOutcome:
-    """The evaluation of one antigen dose in one patient series."""
+    """The evaluation of one antigen dose in one patient series (never mutated; see TargetDose)."""
 
     dose: AntigenDose
     status: str
@@ -170,8 +181,7 @@ def antigen_doses(
 
 def is_relevant(series: AntigenSeries, ctx: EvalContext) -> bool:
     """Tables 5-4/5-5: gender and (for risk series) an applicable indication."""
-    gender = _GENDERS.get(ctx.patient.gender.upper(), "Unknown")
-    if series.required_genders and gender not in series.required_genders:
+    if series.required_genders and ctx.gender not in series.required_genders:
         return False
     if series.series_type.lower() != "risk":
         return True
@@ -256,7 +266,7 @@ def _condition_met(
         end = ctx.age_date(cond.end_age, MAX_DATE)
         start = cond.start_date or MIN_DATE
         stop = cond.end_date or MAX_DATE
-        types = {_cvx_key(t) for t in cond.vaccine_types}
+        types = cond.type_keys
         count = 0
         for dose, status in prior:
             if types and dose.cvx not in types:
@@ -309,7 +319,7 @@ def interval_reference(
         return None
     if isinstance(interval, Interval):
         if interval.from_most_recent:
-            types = {_cvx_key(t) for t in interval.from_most_recent}
+            types = interval.recent_keys
             inadvertent = {o.dose.index for o in outcomes if o.inadvertent}
             best: date | None = None
             for dose in ctx.all_doses:
@@ -322,12 +332,12 @@ def interval_reference(
     return None
 
 
-def _vaccine_ok(rules: Sequence[VaccineRule], dose: AntigenDose, ctx: EvalContext) -> bool | None:
+def _vaccine_ok(
+    rules: Mapping[str, Sequence[VaccineRule]], dose: AntigenDose, ctx: EvalContext
+) -> bool | None:
     """True: matches in age range; False: type matches but out of age range; None: no match."""
     found: bool | None = None
-    for rule in rules:
-        if _cvx_key(rule.cvx) != dose.cvx:
-            continue
+    for rule in rules.get(dose.cvx, ()):
         begin = ctx.age_date(rule.begin_age, MIN_DATE)
         end = ctx.age_date(rule.end_age, MAX_DATE)
         if begin <= dose.date < end:
@@ -377,9 +387,9 @@ def evaluate_series(
     outcomes: list[DoseOutcome] = []
     by_index = {d.index: d for d in doses}
     statuses: dict[int, str] = {}
+    prior: list[tuple[AntigenDose, str]] = []
     t = 0
     for dose in doses:
-        prior = [(o.dose, o.status) for o in outcomes]
         # 6.2: skip target doses whose skip conditions hold at this date administered.
         while t < len(targets) and can_skip(
             targets[t].series_dose, ctx, "evaluation", dose.date, prior, antigen
@@ -389,6 +399,7 @@ def evaluate_series(
         if t >= len(targets):
             outcome = DoseOutcome(dose, EvaluationStatus.EXTRANEOUS, (REASON_COMPLETE,))
             outcomes.append(outcome)
+            prior.append((dose, outcome.status))
             statuses[dose.index] = outcome.status
             continue
         target = targets[t]
@@ -396,6 +407,7 @@ def evaluate_series(
             dose, target.series_dose, t, ctx, outcomes, targets, by_index, statuses
         )
         outcomes.append(outcome)
+        prior.append((dose, outcome.status))
         statuses[dose.index] = outcome.status
         if outcome.status == EvaluationStatus.VALID:
             targets[t] = TargetDose(target.series_dose, SATISFIED, dose.index)
@@ -418,7 +430,7 @@ def _evaluate_dose(
     number = t + 1
     if dose.dose.substandard:
         return DoseOutcome(dose, EvaluationStatus.SUBSTANDARD, (REASON_SUBSTANDARD,), number)
-    if any(_cvx_key(v.cvx) == dose.cvx for v in sd.inadvertent_vaccines):
+    if any(v.cvx_key == dose.cvx for v in sd.inadvertent_vaccines):
         return DoseOutcome(
             dose, EvaluationStatus.NOT_VALID, (REASON_INADVERTENT,), number, inadvertent=True
         )
@@ -475,9 +487,9 @@ def _evaluate_dose(
         reasons.append(REASON_CONFLICT)
         not_valid = True
     # 6.8 / 6.9 vaccine
-    preferable = _vaccine_ok(sd.preferable_vaccines, dose, ctx)
+    preferable = _vaccine_ok(sd.preferable_by_cvx, dose, ctx)
     if preferable is not True:
-        allowable_vaccine = _vaccine_ok(sd.allowable_vaccines, dose, ctx)
+        allowable_vaccine = _vaccine_ok(sd.allowable_by_cvx, dose, ctx)
         if allowable_vaccine is not True:
             reasons.append(REASON_NOT_PREFERABLE)
             not_valid = True

@@ -167,7 +167,7 @@ def forecast_series(ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts
             return done(SeriesStatus.CONTRAINDICATED, "Patient has a contraindication")
         sd = targets[t].series_dose
         preferable = sd.preferable_vaccines
-        if preferable and all(_cvx_key(v.cvx) in facts.contraindicated_cvx for v in preferable):
+        if preferable and all(v.cvx_key in facts.contraindicated_cvx for v in preferable):
             return done(SeriesStatus.CONTRAINDICATED, "Patient has a contraindication")
         if sd.season_end is not None and ctx.assessment_date > sd.season_end:
             return done(SeriesStatus.NOT_RECOMMENDED, "Past seasonal recommendation end date")
@@ -233,7 +233,7 @@ def forecast_series(ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts
         latest = max_age - ONE_DAY if max_age != MAX_DATE else None
         rec_cvx: list[str] = []
         for vaccine in sd.preferable_vaccines:
-            if not vaccine.forecast or _cvx_key(vaccine.cvx) in facts.contraindicated_cvx:
+            if not vaccine.forecast or vaccine.cvx_key in facts.contraindicated_cvx:
                 continue
             begin = ctx.age_date(vaccine.begin_age, MIN_DATE)
             end = ctx.age_date(vaccine.end_age, MAX_DATE)
@@ -245,9 +245,9 @@ def forecast_series(ev: SeriesEvaluation, ctx: EvalContext, facts: _AntigenFacts
         for later in targets[t + 1 :]:
             if later.status != NOT_SATISFIED:
                 continue
-            mins = [i.min_int for i in later.series_dose.intervals if i.from_previous and i.min_int]
-            if mins:
-                finish = add_offset(finish, mins[0])
+            step = later.series_dose.previous_min_int
+            if step is not None:
+                finish = add_offset(finish, step)
         return SeriesForecast(
             ev,
             SeriesStatus.NOT_COMPLETE,
@@ -272,7 +272,7 @@ def _conflict_ends(preferable: Sequence[VaccineRule], ctx: EvalContext) -> list[
     ends: list[date] = []
     table = ctx.schedule.conflicts_by_current
     for rule in preferable:
-        conflicts = table.get(_cvx_key(rule.cvx))
+        conflicts = table.get(rule.cvx_key)
         if not conflicts:
             continue
         for dose in ctx.all_doses:
@@ -510,14 +510,28 @@ def forecast(
     )
 
 
+# Per-series answer of _uses_completed_series, keyed by id() with the series kept alive
+# beside it: the schedule's series are long-lived and scanning their skips is per-call waste.
+_COMPLETED_SERIES_SKIP: dict[int, tuple[AntigenSeries, bool]] = {}
+
+
+def _series_uses_completed_series(series: AntigenSeries) -> bool:
+    hit = _COMPLETED_SERIES_SKIP.get(id(series))
+    if hit is not None and hit[0] is series:
+        return hit[1]
+    uses = any(
+        c.condition_type == "completed series"
+        for sd in series.doses
+        for skip in sd.conditional_skips
+        for cset in skip.sets
+        for c in cset.conditions
+    )
+    _COMPLETED_SERIES_SKIP[id(series)] = (series, uses)
+    return uses
+
+
 def _uses_completed_series(series_list: Sequence[AntigenSeries]) -> bool:
-    for series in series_list:
-        for sd in series.doses:
-            for skip in sd.conditional_skips:
-                for cset in skip.sets:
-                    if any(c.condition_type == "completed series" for c in cset.conditions):
-                        return True
-    return False
+    return any(_series_uses_completed_series(series) for series in series_list)
 
 
 _STATUS_RANK = {

@@ -13,7 +13,7 @@ import json
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cache, cached_property
 from importlib import resources
@@ -82,6 +82,11 @@ class Interval:
     priority: bool = False
     effective_date: date | None = None
     cessation_date: date | None = None
+    # Derived at construction (never serialised): ``from_most_recent`` as comparable CVX keys.
+    recent_keys: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recent_keys", frozenset(map(_cvx_key, self.from_most_recent)))
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,11 @@ class VaccineRule:
     mvx: str = ""
     volume: str = ""
     forecast: bool = False
+    # Derived at construction (never serialised): the CVX as compared with administered doses.
+    cvx_key: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cvx_key", _cvx_key(self.cvx))
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,11 @@ class Condition:
     dose_count_logic: str = ""
     vaccine_types: tuple[str, ...] = ()
     series_groups: tuple[str, ...] = ()
+    # Derived at construction (never serialised): ``vaccine_types`` as comparable CVX keys.
+    type_keys: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type_keys", frozenset(map(_cvx_key, self.vaccine_types)))
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,30 @@ class SeriesDose:
     recurring: bool = False
     season_start: date | None = None
     season_end: date | None = None
+    # Derived at construction (never serialised): the vaccine rules by CVX key, in data order,
+    # so that evaluating a dose (6.8 / 6.9) looks at the rules of its own CVX only.
+    preferable_by_cvx: Mapping[str, tuple[VaccineRule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    allowable_by_cvx: Mapping[str, tuple[VaccineRule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # The minimum interval of the first from-previous interval, which projects the finish
+    # date of a series (table 8-9) for every later target dose of every forecast.
+    previous_min_int: Offset | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preferable_by_cvx", _by_cvx(self.preferable_vaccines))
+        object.__setattr__(self, "allowable_by_cvx", _by_cvx(self.allowable_vaccines))
+        mins = [i.min_int for i in self.intervals if i.from_previous and i.min_int]
+        object.__setattr__(self, "previous_min_int", mins[0] if mins else None)
+
+
+def _by_cvx(rules: tuple[VaccineRule, ...]) -> dict[str, tuple[VaccineRule, ...]]:
+    table: dict[str, tuple[VaccineRule, ...]] = {}
+    for rule in rules:
+        table[rule.cvx_key] = (*table.get(rule.cvx_key, ()), rule)
+    return table
 
 
 @dataclass(frozen=True)
@@ -350,7 +389,7 @@ def _encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
         for fld in dataclasses.fields(value):
-            if fld.name.startswith("_"):
+            if fld.name.startswith("_") or not fld.init:
                 continue
             item = getattr(value, fld.name)
             if item is None or item == () or item == "" or item is False:

@@ -16,9 +16,13 @@ from engine.forecast.model import SeriesStatus
 __all__ = ["ScoredSeries", "select_best"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class ScoredSeries:
-    """What selection needs to know about one patient series and its forecast."""
+    """What selection needs to know about one patient series and its forecast.
+
+    Compared by identity: selection only asks whether a series is in a subset of the same
+    objects, and field-wise equality made that the slowest step of selection.
+    """
 
     key: int
     series_type: str
@@ -70,7 +74,7 @@ def _completable(s: ScoredSeries) -> bool:
 def _scorable(group: Sequence[ScoredSeries]) -> list[ScoredSeries]:
     all_contra = all(s.status == SeriesStatus.CONTRAINDICATED for s in group)
     candidates = [s for s in group if s.status != SeriesStatus.CONTRAINDICATED or all_contra]
-    best_priority = max((s.priority for s in group if _is_risk(s)), default="A")
+    best_priority = min((s.priority for s in group), default="A")
     no_valid = all(s.valid_count == 0 for s in group)
     has_default = any(s.default and s.can_start for s in group)
     out: list[ScoredSeries] = []
@@ -82,7 +86,7 @@ def _scorable(group: Sequence[ScoredSeries]) -> list[ScoredSeries]:
         if s not in candidates:
             continue
         if _is_risk(s):
-            if s.priority >= best_priority:
+            if s.priority <= best_priority:
                 out.append(s)
         elif _is_standard(s):
             if s.valid_count > 0 and s.first_valid_date is not None:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,6 +108,14 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _table(model: type[m.Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_SETTING_COLUMNS = ("publicity_code", "publicity", "publicity_date", "protection",
+                    "protection_date", "registry_status", "registry_status_date", "updated_at")
+
+
 class Repository:
     """Statements over the registry schema for one database (SQLite or PostgreSQL)."""
 
@@ -118,12 +126,54 @@ class Repository:
         self.vaccine_groups = vaccine_groups
         self.registry_authority = registry_authority
         self._org_ids: dict[str, int] = {}
+        # Statements are built once and executed with parameters ("precompiled"): building
+        # a SQLAlchemy construct per call costs more than the round trip it saves.
+        self._inserts: dict[str, Any] = {}
+        ident = m.PatientIdentifier.__table__.c
+        self._sel_ident = select(ident.patient_id).where(
+            ident.scope == bindparam("scope"), ident.authority == bindparam("authority"),
+            ident.type_code == bindparam("type_code"), ident.value == bindparam("value"))
+        pat = m.Patient.__table__.c
+        self._sel_demo = select(pat.id).where(
+            pat.birth_date == bindparam("birth_date"), pat.family_norm == bindparam("family"),
+            pat.given_norm == bindparam("given"))
+        ev, key = m.ImmunizationEvent.__table__.c, m.EventKey.__table__.c
+        by_key = (select(ev.id, ev.patient_id, ev.status).join(
+            m.EventKey.__table__, key.event_id == ev.id).where(
+            key.org_id == bindparam("org_id"), key.authority == bindparam("authority"),
+            key.key_id == bindparam("key_id")))
+        self._sel_by_key = (by_key.with_for_update(of=m.ImmunizationEvent.__table__)
+                            if self.dialect == "postgresql" else by_key)
+        self._sel_org_events = select(
+            ev.id, ev.kind, ev.cvx, ev.information_source, ev.lot_number, ev.version,
+            ev.administered_on).where(
+            ev.patient_id == bindparam("patient_id"), ev.org_id == bindparam("org_id"),
+            ev.kind == bindparam("kind"), ev.status == ACTIVE,
+            ev.administered_on == bindparam("on"))
+        log = _table(m.MessageLog)
+        self._upd_log = update(log).where(log.c.id == bindparam("log_id_"))
+        setting = self._insert(m.PatientSetting)
+        self._upsert_setting = setting.on_conflict_do_update(
+            index_elements=["patient_id", "org_id"],
+            set_={c: setting.excluded[c] for c in _SETTING_COLUMNS})
 
     # --- helpers ---
 
-    def _insert(self, model: type[m.Base]) -> Any:
-        return (postgresql.insert(model) if self.dialect == "postgresql"
-                else sqlite.insert(model))
+    def _insert(self, model: type[m.Base], returning: bool = False,
+                ignore_conflicts: bool = False) -> Any:
+        """A cached Core INSERT for a model's table (values come as execute parameters)."""
+        name = f"{model.__tablename__}:{returning}:{ignore_conflicts}"
+        stmt = self._inserts.get(name)
+        if stmt is None:
+            table = _table(model)
+            stmt = (postgresql.insert(table) if self.dialect == "postgresql"
+                    else sqlite.insert(table))
+            if ignore_conflicts:
+                stmt = stmt.on_conflict_do_nothing()
+            if returning:
+                stmt = stmt.returning(table.c.id)
+            self._inserts[name] = stmt
+        return stmt
 
     def groups_of(self, cvx: str) -> frozenset[str]:
         return group_set(cvx, self.vaccine_groups(cvx)) if cvx else frozenset()
@@ -135,8 +185,8 @@ class Repository:
         cached = self._org_ids.get(code)
         if cached is not None:
             return cached
-        session.execute(self._insert(m.Organization)
-                        .values(code=code, created_at=now).on_conflict_do_nothing())
+        session.execute(self._insert(m.Organization, ignore_conflicts=True),
+                        {"code": code, "created_at": now})
         org_id = session.scalar(select(m.Organization.id).where(m.Organization.code == code))
         assert org_id is not None
         # Cache only ids that will survive: a rolled-back insert must not be remembered.
@@ -170,16 +220,15 @@ class Repository:
                        keys: Sequence[ScopedIdentifier]) -> list[Candidate]:
         if not keys:
             return []
-        t = m.PatientIdentifier
         ids: set[int] = set()
         for key in keys:
             if key.scope == "*" and key.type_code == "SR":
                 if key.value.isdigit() and session.get(m.Patient, int(key.value)) is not None:
                     ids.add(int(key.value))
                 continue
-            found = session.scalar(select(t.patient_id).where(
-                t.scope == key.scope, t.authority == key.authority,
-                t.type_code == key.type_code, t.value == key.value))
+            found = session.scalar(self._sel_ident, {
+                "scope": key.scope, "authority": key.authority, "type_code": key.type_code,
+                "value": key.value})
             if found is not None:
                 ids.add(found)
         return self._candidates(session, sorted(ids))
@@ -188,26 +237,25 @@ class Repository:
                         birth_date: date | None) -> list[Candidate]:
         if birth_date is None:
             return []
-        ids = session.scalars(select(m.Patient.id).where(
-            m.Patient.birth_date == birth_date, m.Patient.family_norm == family_norm,
-            m.Patient.given_norm == given_norm)).all()
+        ids = session.scalars(self._sel_demo, {"birth_date": birth_date, "family": family_norm,
+                                               "given": given_norm}).all()
         return self._candidates(session, list(ids))
 
     # --- patients ---
 
     def create_patient(self, session: Session, patient: domain.Patient, family_norm: str,
                        given_norm: str, org_id: int, now: datetime) -> int:
-        patient_id = session.scalar(self._insert(m.Patient).values(
-            family_norm=family_norm, given_norm=given_norm, birth_date=patient.birth_date,
-            sex=patient.sex, multiple_birth=patient.multiple_birth,
-            birth_order=patient.birth_order, death_date=patient.death_date,
-            death_indicator=patient.death_indicator, created_at=now, updated_at=now,
-            updated_by_org_id=org_id).returning(m.Patient.id))
+        patient_id = session.scalar(self._insert(m.Patient, returning=True), {
+            "family_norm": family_norm, "given_norm": given_norm,
+            "birth_date": patient.birth_date, "sex": patient.sex,
+            "multiple_birth": patient.multiple_birth, "birth_order": patient.birth_order,
+            "death_date": patient.death_date, "death_indicator": patient.death_indicator,
+            "created_at": now, "updated_at": now, "updated_by_org_id": org_id})
         assert patient_id is not None
         # Our own registry id (PID-3 type SR) is the patient's primary key.
-        session.execute(self._insert(m.PatientIdentifier).values(
-            patient_id=patient_id, scope="*", authority=self.registry_authority,
-            type_code="SR", value=str(patient_id), position=-1))
+        session.execute(self._insert(m.PatientIdentifier), {
+            "patient_id": patient_id, "scope": "*", "authority": self.registry_authority,
+            "type_code": "SR", "value": str(patient_id), "position": -1})
         self._write_details(session, patient_id, patient, replace=False)
         return int(patient_id)
 
@@ -261,7 +309,7 @@ class Repository:
                    "type_code": k.type_code, "value": k.value, "position": i}
                   for i, k in enumerate(keys) if not (k.scope == "*" and k.type_code == "SR")]
         if values:
-            session.execute(self._insert(m.PatientIdentifier).on_conflict_do_nothing(), values)
+            session.execute(self._insert(m.PatientIdentifier, ignore_conflicts=True), values)
 
     def claim_identifiers(self, session: Session, patient_id: int,
                           keys: Sequence[ScopedIdentifier]) -> None:
@@ -286,28 +334,20 @@ class Repository:
 
     def upsert_setting(self, session: Session, patient_id: int, org_id: int,
                        s: domain.PatientSettings, now: datetime) -> None:
-        values = {"publicity_code": s.publicity.code, "publicity": _json(s.publicity),
-                  "publicity_date": s.publicity_date, "protection": s.protection,
-                  "protection_date": s.protection_date, "registry_status": s.registry_status,
-                  "registry_status_date": s.registry_status_date, "updated_at": now}
-        stmt = self._insert(m.PatientSetting).values(patient_id=patient_id, org_id=org_id,
-                                                     **values)
-        session.execute(stmt.on_conflict_do_update(
-            index_elements=["patient_id", "org_id"], set_=values))
+        session.execute(self._upsert_setting, {
+            "patient_id": patient_id, "org_id": org_id, "publicity_code": s.publicity.code,
+            "publicity": _json(s.publicity), "publicity_date": s.publicity_date,
+            "protection": s.protection, "protection_date": s.protection_date,
+            "registry_status": s.registry_status,
+            "registry_status_date": s.registry_status_date, "updated_at": now})
 
     # --- events ---
 
     def event_by_key(self, session: Session, org_id: int,
                      key: domain.EventKey) -> tuple[int, int, str] | None:
         """(event id, patient id, status) for an org's ORC-3, locked for update."""
-        stmt = (select(m.ImmunizationEvent.id, m.ImmunizationEvent.patient_id,
-                       m.ImmunizationEvent.status)
-                .join(m.EventKey, m.EventKey.event_id == m.ImmunizationEvent.id)
-                .where(m.EventKey.org_id == org_id, m.EventKey.authority == key.authority,
-                       m.EventKey.key_id == key.id))
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=m.ImmunizationEvent)
-        row = session.execute(stmt).first()
+        row = session.execute(self._sel_by_key, {"org_id": org_id, "authority": key.authority,
+                                                 "key_id": key.id}).first()
         return (row[0], row[1], row[2]) if row else None
 
     def facts(self, v: domain.Vaccination, event_id: int = 0, order: int = 0) -> DoseFacts:
@@ -319,15 +359,21 @@ class Repository:
                          v.historical, bool(v.lot_numbers), order, signature)
 
     def org_event_facts(self, session: Session, patient_id: int, org_id: int,
-                        kind: str, on: date | None) -> list[tuple[DoseFacts, domain.Vaccination]]:
+                        kind: str, on: date | None) -> list[tuple[DoseFacts, domain.Vaccination | None]]:
         """The org's active events of one kind on one date (de-duplication candidates)."""
         if on is None:
             return []
+        if kind != domain.EventKind.OBSERVATION.value:
+            return [(DoseFacts(r.id, r.kind, r.administered_on, self.groups_of(r.cvx),
+                               bool(r.information_source) and r.information_source != "00",
+                               bool(r.lot_number), r.version), None)
+                    for r in session.execute(self._sel_org_events, {
+                        "patient_id": patient_id, "org_id": org_id, "kind": kind, "on": on})]
         stmt = select(m.ImmunizationEvent).where(
             m.ImmunizationEvent.patient_id == patient_id, m.ImmunizationEvent.org_id == org_id,
             m.ImmunizationEvent.kind == kind, m.ImmunizationEvent.status == ACTIVE,
             m.ImmunizationEvent.administered_on == on)
-        out = []
+        out: list[tuple[DoseFacts, domain.Vaccination | None]] = []
         for row in session.execute(stmt).scalars():
             v = self._vaccination(row, self._observations(session, [row.id]).get(row.id, []))
             out.append((self.facts(v, row.id, row.version), v))
@@ -352,10 +398,9 @@ class Repository:
 
     def insert_event(self, session: Session, patient_id: int, org_id: int,
                      v: domain.Vaccination, now: datetime) -> int:
-        event_id = session.scalar(self._insert(m.ImmunizationEvent).values(
+        event_id = session.scalar(self._insert(m.ImmunizationEvent, returning=True), dict(
             patient_id=patient_id, org_id=org_id, status=ACTIVE, created_at=now,
-            updated_at=now, version=1, **self._event_values(v)).returning(
-                m.ImmunizationEvent.id))
+            updated_at=now, deleted_at=None, version=1, **self._event_values(v)))
         assert event_id is not None
         self._insert_observations(session, event_id, v.observations)
         return int(event_id)
@@ -378,9 +423,9 @@ class Repository:
 
     def add_key(self, session: Session, org_id: int, key: domain.EventKey,
                 event_id: int) -> None:
-        session.execute(self._insert(m.EventKey).values(
-            org_id=org_id, authority=key.authority[:200], key_id=key.id[:200],
-            event_id=event_id))
+        session.execute(self._insert(m.EventKey), {
+            "org_id": org_id, "authority": key.authority[:200], "key_id": key.id[:200],
+            "event_id": event_id})
 
     def _insert_observations(self, session: Session, event_id: int,
                              observations: Sequence[domain.Observation]) -> None:
@@ -399,13 +444,12 @@ class Repository:
     # --- message log ---
 
     def log_message(self, session: Session, values: dict[str, Any]) -> int:
-        log_id = session.scalar(self._insert(m.MessageLog).values(**values)
-                                .returning(m.MessageLog.id))
+        log_id = session.scalar(self._insert(m.MessageLog, returning=True), values)
         assert log_id is not None
         return int(log_id)
 
     def finish_log(self, session: Session, log_id: int, **values: Any) -> None:
-        session.execute(update(m.MessageLog).where(m.MessageLog.id == log_id).values(**values))
+        session.execute(self._upd_log, {"log_id_": log_id, **values})
 
     def replay(self, session: Session, sender: str,
                control_id: str) -> tuple[str, bytes] | None:
