@@ -253,12 +253,10 @@ def _report(pipeline: Pipeline, payload: bytes) -> str:
     """The validator's readable report (rule, location, value) when a validator is present."""
     if pipeline.validator is None:
         return ""
-    from engine.hl7 import decode, parse
-    from engine.validation import format_report
-
     from engine.errors import HL7Error
-    from engine.hl7 import peek_header
+    from engine.hl7 import decode, parse, peek_header
     from engine.pipeline import accept_issues
+    from engine.validation import format_report
 
     header = peek_header(payload)
     if accept_issues(header, pipeline.accept):

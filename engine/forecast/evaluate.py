@@ -7,9 +7,9 @@ the target doses of a patient series (6.1-6.10).
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-import datetime as _dt
 from datetime import date
 
 from engine.forecast.dates import MAX_DATE, MIN_DATE, Offset, add_offset
