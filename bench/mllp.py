@@ -22,7 +22,8 @@ Both servers run on the same event loop implementation (uvloop when installed, u
 ``--no-uvloop``), so the ratio reflects the code, not the loop. The client runs in this
 process on a raw `asyncio.Protocol` (cheaper than streams, so it is not the bottleneck);
 servers and client are separate processes on the same machine, in the same run. A warm-up
-of 200 round trips per target is not measured.
+of 200 round trips per target is not measured; each target runs ``--repeat`` rounds (default
+3) and the best round is reported.
 
 The message is the NIST VXU ``NIST-IZ-AD-2.1_VXU_Z22_adult_NDC_hist.hl7`` from ../shared
 (a synthetic VXU of similar shape is embedded for when ../shared is absent), with a unique
@@ -286,21 +287,30 @@ async def _connection(host: str, port: int, frames: list[bytes], latencies: list
 
 
 async def drive(host: str, port: int, message: bytes, connections: int, per_connection: int,
-                run_id: str) -> Outcome:
-    """Warm up, then run `connections` × `per_connection` sequential round trips."""
+                run_id: str, repeat: int) -> Outcome:
+    """Warm up, then `repeat` rounds of `connections` × `per_connection` round trips; best round.
+
+    Best of N (as `timeit` does): on a shared machine the slower rounds measure the neighbours.
+    """
     warm = [VT + with_control_id(message, f"{run_id}-W{i}") + TRAILER for i in range(WARMUP)]
     async with asyncio.timeout(60):
         await _connection(host, port, warm, [])
-    plans = [[VT + with_control_id(message, f"{run_id}-{c}-{i}") + TRAILER
-              for i in range(per_connection)] for c in range(connections)]
-    latencies: list[float] = []
-    started = time.perf_counter()
-    # One deadline for the whole run: a per-round-trip wait_for would cost the client more
-    # than the servers spend on a message.
-    async with asyncio.timeout(600):
-        errors = await asyncio.gather(*(_connection(host, port, plan, latencies)
-                                        for plan in plans))
-    return Outcome(latencies, time.perf_counter() - started, sum(errors))
+    best: Outcome | None = None
+    for r in range(repeat):
+        plans = [[VT + with_control_id(message, f"{run_id}-{r}-{c}-{i}") + TRAILER
+                  for i in range(per_connection)] for c in range(connections)]
+        latencies: list[float] = []
+        started = time.perf_counter()
+        # One deadline for the whole round: a per-round-trip wait_for would cost the client
+        # more than the servers spend on a message.
+        async with asyncio.timeout(600):
+            errors = await asyncio.gather(*(_connection(host, port, plan, latencies)
+                                            for plan in plans))
+        outcome = Outcome(latencies, time.perf_counter() - started, sum(errors))
+        if best is None or outcome.seconds < best.seconds:
+            best = outcome
+    assert best is not None
+    return best
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -314,6 +324,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=4000, help="total round trips")
     parser.add_argument("--against", metavar="HOST:PORT",
                         help="bench a running engine instead of starting our listener")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds per server; the best round is reported")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
@@ -345,7 +357,7 @@ def main() -> int:
             host, port, note = "127.0.0.1", server.port, server.note
         try:
             outcome = asyncio.run(drive(host, port, message, args.connections, per_connection,
-                                        f"{run_id}-{name}"))
+                                        f"{run_id}-{name}", args.repeat))
         finally:
             if server is not None:
                 server.stop()
@@ -366,8 +378,8 @@ def main() -> int:
                          indent=2))
         return 0
     print(f"message: {source} ({len(message)} bytes); loop: {loop_name}; "
-          f"{args.connections} connections x {per_connection} sequential round trips; "
-          f"cpus: {os.cpu_count()}")
+          f"{args.connections} connections x {per_connection} sequential round trips, "
+          f"best of {args.repeat}; cpus: {os.cpu_count()}")
     header = f"{'server':<11} {'round trips':>11} {'seconds':>8} {'rt/s':>9} {'p50 ms':>8} " \
              f"{'p99 ms':>8} {'not AA':>7}  handler"
     print(header)

@@ -20,7 +20,7 @@ from engine import config as config_mod
 from engine.errors import ConfigError, StoreError
 from engine.observability import logging as obs_logging
 from engine.observability.metrics import Metrics
-from engine.pipeline import Journal, MessageHandler, Pipeline, build_pipeline
+from engine.pipeline import Journal, MessageHandler, Pipeline, Request, Respond, build_pipeline
 from engine.responses import ACKS_DIR, AckPolicy, ResponseBuilder, system_clock
 from engine.validation import Validator
 
@@ -187,30 +187,26 @@ def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 MESSAGE_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ""})
 
 
-def _message_files(paths: Sequence[Path]) -> list[Path]:
-    """Files named on the command line, and message files (.hl7, .er7, .txt, .msg) in folders."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*")
-                            if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() in MESSAGE_SUFFIXES)
-        else:
-            files.append(path)
-    return files
+def _payloads(path: Path, data: bytes) -> list[bytes]:
+    """The messages in a file; a message file with no MSH at all is validated as one message
+    (the engine would receive those bytes and answer them), other files are skipped."""
+    from engine.client import split_messages
+
+    payloads, _ignored = split_messages(data)
+    if not payloads and path.suffix.lower() in MESSAGE_SUFFIXES and data.strip():
+        return [data]
+    return payloads
 
 
-def split_messages(data: bytes) -> list[bytes]:
-    """Split a file's bytes into messages: each starts at a line beginning with MSH."""
-    text = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    messages: list[list[bytes]] = []
-    for line in text.split(b"\r"):
-        if not line.strip():
-            continue
-        if line.startswith(b"MSH") or not messages:
-            messages.append([])
-        messages[-1].append(line)
-    return [b"\r".join(m) + b"\r" for m in messages]
+class DryRunVxuHandler:
+    """`validate`'s stand-in for the VXU handler: answers from validation, stores nothing.
+
+    Findings that need the registry (204 unknown ORC-3, 205 reused control id) can only come
+    from `serve`; everything the profiles and business rules decide is the same.
+    """
+
+    def handle(self, request: Request, respond: Respond) -> bytes:
+        return respond(list(request.validation.issues) if request.validation else [], None)
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -219,17 +215,25 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _load_config(args.config, err)
     if cfg is None:
         return 2
+    obs_logging.configure(cfg.logging.format, "warning")  # the report is the output here
     metrics = Metrics()
-    pipeline = make_pipeline(cfg, metrics)
+    pipeline = make_pipeline(cfg, metrics, handlers={"VXU": DryRunVxuHandler()})
+    from engine.client import SendError, collect_files
+
+    try:
+        files = collect_files(list(args.paths))
+    except SendError as exc:
+        print(f"validate: {exc}", file=err)
+        return 2
     worst = 0
-    for path in _message_files(args.paths):
+    for path in files:
         try:
             data = path.read_bytes()
         except OSError as exc:
             print(f"validate: {path}: {exc.strerror}", file=err)
             worst = 2
             continue
-        for index, payload in enumerate(split_messages(data), start=1):
+        for index, payload in enumerate(_payloads(path, data), start=1):
             response = pipeline.process(payload, peer="validate")
             text = response.decode("utf-8", errors="replace")
             report = _report(pipeline, payload)
@@ -309,9 +313,9 @@ def cmd_schedule(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 2
     dest = args.dest
     if dest is None:
-        from engine.forecast import schedule as schedule_mod
+        from engine.forecast.schedule import PACKAGED_SCHEDULE
 
-        dest = Path(getattr(schedule_mod, "DEFAULT_SCHEDULE_PATH"))  # noqa: B009
+        dest = Path(__file__).resolve().parent / "forecast" / "data" / PACKAGED_SCHEDULE
     summary = import_release(args.src, dest)
     print(summary, file=out)
     return 0
