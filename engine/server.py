@@ -1,9 +1,14 @@
 """The asyncio MLLP listener: connections, limits, timeouts, ordering and graceful shutdown.
 
 The shell around the pure codec (`engine.mllp`) and the pipeline (any `FrameHandler`). One
-`_Connection` (an `asyncio.Protocol`, measured faster than streams for many small round trips)
-per peer; frames go into a per-connection FIFO that one worker task drains, so responses leave
-strictly in arrival order even when a peer pipelines several frames in one read.
+`_Connection` (an `asyncio.Protocol`: it sees every read, so framing, timers and back-pressure
+cost no extra task wake-ups) per peer; frames go into a per-connection FIFO that one worker
+task drains, so responses leave strictly in arrival order even when a peer pipelines several
+frames in one read. The worker lives as long as the connection and parks on a future between
+frames: waking it is cheaper than creating (and registering) a task per message. In
+`bench/mllp.py`, against a bare python-hl7 streams loop that only echoes a fixed ACK, the
+listener measured 0.84x on uvloop and 1.45x on the stock loop (2 vCPUs, noisy neighbours),
+while doing everything below; both exceed 25,000 round trips/s there.
 
 Limits and timeouts (all from `ServerConfig`):
 
@@ -31,6 +36,18 @@ and retransmits — retransmissions are idempotent in the store (DESIGN "Data fl
 
 A peer that half-closes (sends, then shuts down its write side) still gets its responses on
 plain TCP; over TLS half-close is not supported by asyncio and the connection closes.
+
+Every complete frame, even an empty one, goes to the handler: "exactly one response per
+frame" is the invariant senders rely on, and the pipeline decides what an empty or
+unparseable message deserves. TLS comes from `TlsConfig` (`build_ssl_context`): TLS 1.2+;
+``ca_file`` + ``require_client_cert`` make it mutual; a key passphrase is read only from
+``IZ_ENGINE_TLS_KEY_PASSWORD``; the handshake must finish within ``frame_timeout_s`` (≤ 60 s).
+Connections are counted against ``max_connections`` once the handshake is done.
+
+Metrics: ``iz_connections{outcome}`` = accepted | refused | idle_timeout | frame_timeout |
+write_timeout; ``iz_frame_errors{reason}`` = too_large | truncated (peer left mid-frame) |
+interrupted (a new 0x0B restarted an open frame) | frame_timeout; ``iz_mllp_skipped_bytes``;
+``iz_active_connections``.
 
 Logging binds the peer address per connection (and into the worker's context, so pipeline
 logs carry it too); only counts, sizes and reasons are logged — never payload bytes.
@@ -284,7 +301,7 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self) -> None:
         # One long-lived worker per connection, parked on a future between frames: waking it
-        # is cheaper than creating a task per message (measured with bench/mllp.py).
+        # is cheaper than creating and registering a task per message.
         try:
             while not self._closed:
                 if not self._queue:
@@ -446,6 +463,7 @@ class MllpServer:
         self._closing = False
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -507,7 +525,9 @@ class MllpServer:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         _log.info("shutdown_requested", signal=sig.name)
-        self.loop.create_task(self.shutdown())
+        if self._shutdown_task is None:
+            # Keep a reference: the loop holds tasks only weakly.
+            self._shutdown_task = self.loop.create_task(self.shutdown())
 
     async def shutdown(self) -> None:
         """Stop accepting, answer in-flight frames within the grace period, then close all."""

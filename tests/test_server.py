@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from prometheus_client import CollectorRegistry
 
 from engine.config import Config, ServerConfig, TlsConfig
@@ -263,6 +265,51 @@ def test_stray_bytes_between_frames_are_skipped_and_counted() -> None:
             assert sample(metrics, "iz_mllp_skipped_bytes_total") == 2
             await peer.close()
     run(scenario)
+
+
+def test_a_new_start_byte_restarts_an_open_frame() -> None:
+    """0x0B inside an open frame abandons it (counted); the restarted frame is answered."""
+    async def scenario() -> None:
+        async with serving() as (server, metrics):
+            peer = await Peer.connect(server.port)
+            await peer.send_raw(b"\x0b" + message("LOST")[:30] + encode_frame(message("KEPT")))
+            assert msa(await peer.receive()) == ("AA", "KEPT")
+            assert sample(metrics, "iz_frame_errors_total", reason="interrupted") == 1
+            await peer.close()
+    run(scenario)
+
+
+def test_an_empty_frame_still_gets_exactly_one_response() -> None:
+    """An empty frame goes to the handler like any other, keeping one response per frame."""
+    async def scenario() -> None:
+        async with serving() as (server, _):
+            peer = await Peer.connect(server.port)
+            await peer.send_raw(encode_frame(b"") + encode_frame(message("AFTER-EMPTY")))
+            assert msa(await peer.receive()) == ("AA", "")
+            assert msa(await peer.receive()) == ("AA", "AFTER-EMPTY")
+            await peer.close()
+    run(scenario)
+
+
+def test_logs_never_contain_message_content() -> None:
+    """Whatever happens on a connection, the listener logs sizes and reasons, never payload bytes."""
+    secret = b"ZEBULON^QUIXOTE"
+
+    async def scenario() -> None:
+        async with serving(max_frame_bytes=2048) as (server, _):
+            peer = await Peer.connect(server.port)
+            await peer.send(message("PHI-1", b"PID|1||1||" + secret + b"\r"))
+            await peer.receive()
+            await peer.send(message("PHI-2", secret * 500))
+            await peer.receive()
+            await peer.send_raw(b"\x0b" + secret + b"\x0b" + secret)
+            await peer.close()
+            await eventually(lambda: server.connection_count == 0)
+
+    with structlog.testing.capture_logs() as logs:
+        run(scenario)
+    assert logs, "expected the listener to log something"
+    assert not [entry for entry in logs if "ZEBULON" in repr(entry)]
 
 
 def test_oversize_frame_is_rejected_and_the_connection_survives() -> None:
