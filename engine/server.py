@@ -205,8 +205,12 @@ class _Connection(asyncio.Protocol):
             return
         was_in_frame = self._decoder.in_frame
         events = self._decoder.feed(data)
-        self._last_activity = now = self._loop.time()
+        now = self._loop.time()
         completed = self._dispatch(events)
+        # Stray bytes outside any frame are not activity: a peer that only drips garbage is
+        # closed as idle instead of holding a connection slot forever.
+        if completed or was_in_frame or self._decoder.in_frame:
+            self._last_activity = now
         if self._decoder.in_frame and (completed or not was_in_frame):
             self._frame_started = now
         if self._closed:

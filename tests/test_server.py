@@ -460,6 +460,22 @@ def test_active_connection_is_not_idle() -> None:
     run(scenario)
 
 
+def test_garbage_outside_frames_does_not_keep_a_connection_alive() -> None:
+    """A peer dripping stray bytes (no frame ever starting) is still closed as idle."""
+    async def scenario() -> None:
+        async with serving(idle_timeout_s=0.3) as (server, metrics):
+            peer = await Peer.connect(server.port)
+            for _ in range(10):
+                if peer.writer.is_closing():
+                    break
+                peer.writer.write(b"\n\x00junk")
+                await asyncio.sleep(0.1)
+            assert await peer.closed_by_server(timeout=2)
+            assert sample(metrics, "iz_connections_total", outcome="idle_timeout") == 1
+            await peer.close()
+    run(scenario)
+
+
 def test_slow_handler_does_not_count_as_idle() -> None:
     """A message that takes longer than idle_timeout_s to answer is still answered."""
     async def scenario() -> None:

@@ -1,0 +1,617 @@
+"""The VXU write path: a message planned off the writer, then stored in a few statements.
+
+Two halves, because the group-commit writer (engine.store.writer) is a single thread and
+every CPU cycle spent on it is a cycle every waiting message waits for:
+
+* `IntakeStore.plan(vxu)` runs on the pipeline thread: normalised names, scoped identifiers,
+  match key, the rows of every child table, JSON documents (encoded once, here), dose facts.
+* `IntakeStore.store(tx, plan, now)` runs on the writer inside the message's savepoint and
+  only binds and executes precompiled statements (engine.store.precompiled):
+
+  ======================================  =============================================
+  statement                               when
+  ======================================  =============================================
+  pg_advisory_xact_lock(match key)        PostgreSQL (SQLite: BEGIN IMMEDIATE already)
+  one candidate query                     always: identifier hits and exact-demographic
+                                          candidates with all their identifiers
+  INSERT patient RETURNING id             new patient
+   or UPDATE patient (+ DELETE per part)  matched patient (most recent report wins)
+  one INSERT per child table              names, addresses, phones, codes, identifiers,
+                                          NK1 (only tables the message has rows for)
+  upsert patient_setting                  PD1 present
+  one key query (FOR UPDATE)              any keyed order group
+  one query of the org's active events    matched patient (de-duplication candidates)
+  per order group: INSERT/UPDATE          the event itself
+  one INSERT of all new keys / OBX        at the end
+  ======================================  =============================================
+
+  The decisions (engine.matching, engine.dedup, the RXA-21 table in engine.handlers.vxu)
+  are made in Python over what those queries returned, with an in-memory overlay of what
+  this message already wrote, so the order groups of one message still see each other
+  exactly as if every lookup had gone to the database.
+
+Race safety is unchanged: identifier keys, event keys and (sender, MSH-10) are unique in the
+database, demographic matching runs under the match-key lock, key lookups lock their events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Date,
+    Engine,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine import domain
+from engine.dedup import DoseFacts, find_duplicate, group_set, takes_precedence
+from engine.errors import Issue, Location, UnknownKeyIdentifier
+from engine.matching import (
+    GLOBAL_SCOPE,
+    Candidate,
+    ScopedIdentifier,
+    decide,
+    match_key,
+    normalise,
+    scoped_identifiers,
+)
+from engine.store import models as m
+from engine.store.precompiled import Precompiled
+from engine.store.writer import Tx
+
+ACTIVE = "active"
+DELETED = "deleted"
+# Events this message wrote are reported later than any stored version.
+_THIS_MESSAGE = 1 << 30
+
+
+# --- JSON documents -----------------------------------------------------------------------
+
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _names_of(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def to_json(value: Any) -> Any:
+    """A domain value as JSON-ready data (dataclasses → objects, dates → ISO text)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    cls = type(value)
+    if dataclasses.is_dataclass(value):
+        return {n: to_json(getattr(value, n)) for n in _names_of(cls)}
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_json(value), separators=(",", ":"))
+
+
+def _flat(item: Any) -> dict[str, Any]:
+    """A flat record (Name, Address, Phone, Coded) as a row's columns."""
+    return {n: getattr(item, n) for n in _names_of(type(item))}
+
+
+EVENT_DETAIL = ("administered", "units", "information_source", "administering_provider",
+                "administered_at", "lot_numbers", "manufacturer", "refusal_reason", "route",
+                "site", "ordering_provider", "entered_by", "funding_source",
+                "funding_eligibility", "vis", "key", "action")
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EventPlan:
+    """One order group, ready to bind."""
+
+    event: domain.Vaccination
+    keyed: bool
+    key: tuple[str, str]  # (authority, id) as stored
+    values: dict[str, Any]  # immunization_event columns that come from the message
+    facts: DoseFacts
+    observations: tuple[dict[str, Any], ...]  # event_observation rows without event_id
+
+
+@dataclass(frozen=True, slots=True)
+class VxuPlan:
+    """A mapped VXU as rows and decisions' inputs; built off the writer thread."""
+
+    organization: str
+    patient: domain.Patient
+    keys: tuple[ScopedIdentifier, ...]
+    family: str
+    given: str
+    lock_key: int
+    patient_values: dict[str, Any]
+    details: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...]  # (table, role, rows)
+    responsible: tuple[dict[str, Any], ...]
+    setting: dict[str, Any] | None
+    events: tuple[EventPlan, ...]
+
+
+@dataclass(slots=True)
+class _Known:
+    """An org's event key as this transaction currently knows it."""
+
+    event_id: int
+    patient_id: int
+    status: str
+
+
+_PATIENT_ATTRS = ("birth_date", "sex", "multiple_birth", "birth_order", "death_date",
+                  "death_indicator")
+_DETAIL_TABLES = ("patient_name", "patient_address", "patient_phone", "patient_code")
+
+
+class IntakeStore:
+    """Plans and stores VXUs for one database (statements compiled once, at construction)."""
+
+    def __init__(self, engine: Engine, *, vaccine_groups: Callable[[str], frozenset[str]],
+                 is_placeholder_key: Callable[[domain.EventKey], bool],
+                 registry_authority: str) -> None:
+        self.dialect = engine.dialect.name
+        self.vaccine_groups = vaccine_groups
+        self.is_placeholder_key = is_placeholder_key
+        self.registry_authority = registry_authority
+        self._org_ids: dict[str, int] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        d = engine.dialect
+        pg = self.dialect == "postgresql"
+        dialect_insert = postgresql.insert if pg else sqlite.insert
+
+        def ins(model: type[m.Base], *, returning: bool = False) -> Precompiled:
+            table = model.__table__
+            cols = [c.name for c in table.columns if c.name != "id"]
+            stmt = insert(table)
+            if returning:
+                stmt = stmt.returning(table.c.id)
+            return Precompiled(stmt, d, cols)
+
+        self._ins_org = Precompiled(dialect_insert(m.Organization.__table__)
+                                    .on_conflict_do_nothing(), d, ["code", "created_at"])
+        self._sel_org = Precompiled(select(m.Organization.id).where(
+            m.Organization.code == bindparam("code")), d)
+        self._lock = Precompiled(select(func.pg_advisory_xact_lock(bindparam("k"))), d) if (
+            pg) else None
+        self._ins_patient = ins(m.Patient, returning=True)
+        pat = m.Patient.__table__.c
+        self._upd_patient = Precompiled(update(m.Patient.__table__).where(
+            pat.id == bindparam("pid")).values(
+            updated_at=bindparam("updated_at"), updated_by_org_id=bindparam("org_id"),
+            family_norm=func.coalesce(bindparam("family_norm", type_=pat.family_norm.type),
+                                      pat.family_norm),
+            given_norm=func.coalesce(bindparam("given_norm", type_=pat.given_norm.type),
+                                     pat.given_norm),
+            **{a: func.coalesce(bindparam(a, type_=pat[a].type), pat[a])
+               for a in _PATIENT_ATTRS}), d)
+        self._ins_ident = ins(m.PatientIdentifier)
+        ident_conflict = dialect_insert(m.PatientIdentifier.__table__).on_conflict_do_nothing()
+        self._add_ident = Precompiled(ident_conflict, d, [
+            c.name for c in m.PatientIdentifier.__table__.columns if c.name != "id"])
+        models = {"patient_name": m.PatientName, "patient_address": m.PatientAddress,
+                  "patient_phone": m.PatientPhone, "patient_code": m.PatientCode}
+        self._ins_detail = {name: ins(model) for name, model in models.items()}
+        self._del_detail: dict[tuple[str, str], Precompiled] = {}
+        for name, model in models.items():
+            table = model.__table__
+            stmt = delete(table).where(table.c.patient_id == bindparam("pid"))
+            if "role" in table.c:
+                for role in ("patient", "mother_maiden", "race", "ethnicity"):
+                    self._del_detail[name, role] = Precompiled(
+                        stmt.where(table.c.role == role), d)
+            else:
+                self._del_detail[name, ""] = Precompiled(stmt, d)
+        self._ins_nk1 = ins(m.ResponsiblePerson)
+        nk1 = m.ResponsiblePerson.__table__
+        self._del_nk1 = Precompiled(delete(nk1).where(nk1.c.patient_id == bindparam("pid")), d)
+        setting = dialect_insert(m.PatientSetting.__table__)
+        set_cols = ("publicity_code", "publicity", "publicity_date", "protection",
+                    "protection_date", "registry_status", "registry_status_date", "updated_at")
+        self._upsert_setting = Precompiled(setting.on_conflict_do_update(
+            index_elements=["patient_id", "org_id"],
+            set_={c: setting.excluded[c] for c in set_cols}), d,
+            ["patient_id", "org_id", *set_cols])
+        self._ins_event = ins(m.ImmunizationEvent, returning=True)
+        ev = m.ImmunizationEvent.__table__
+        event_cols = [c.name for c in ev.columns if c.name not in (
+            "id", "patient_id", "org_id", "status", "created_at", "updated_at", "deleted_at",
+            "version")]
+        self._replace_event = Precompiled(update(ev).where(ev.c.id == bindparam("eid")).values(
+            patient_id=bindparam("patient_id"), status=ACTIVE,
+            updated_at=bindparam("updated_at"), deleted_at=None,
+            version=ev.c.version + 1, **{c: bindparam(c, type_=ev.c[c].type)
+                                         for c in event_cols}), d)
+        self._delete_event = Precompiled(update(ev).where(ev.c.id == bindparam("eid")).values(
+            status=DELETED, deleted_at=bindparam("now"), updated_at=bindparam("now"),
+            version=ev.c.version + 1), d)
+        obs = m.EventObservation.__table__
+        self._del_obs = Precompiled(delete(obs).where(obs.c.event_id == bindparam("eid")), d)
+        self._ins_obs = ins(m.EventObservation)
+        self._ins_key = ins(m.EventKey)
+        self._ins_log = ins(m.MessageLog)
+        log = m.MessageLog.__table__.c
+        self._sel_log = Precompiled(select(log.content_sha256, log.response).where(
+            log.sender == bindparam("sender"), log.replay_key == bindparam("key")), d)
+        self._sel_org_events = Precompiled(select(
+            ev.c.id, ev.c.kind, ev.c.cvx, ev.c.information_source, ev.c.lot_number,
+            ev.c.administered_on).where(
+            ev.c.patient_id == bindparam("pid"), ev.c.org_id == bindparam("org_id"),
+            ev.c.status == ACTIVE), d)
+        self._sel_org_observations = Precompiled(select(
+            obs.c.event_id, obs.c.code, obs.c.value, obs.c.value_code).where(
+            obs.c.event_id.in_(select(ev.c.id).where(
+                ev.c.patient_id == bindparam("pid"), ev.c.org_id == bindparam("org_id"),
+                ev.c.status == ACTIVE, ev.c.kind == domain.EventKind.OBSERVATION.value))), d)
+        # Tuple IN-lists of any length with one fixed statement text: arrays on PostgreSQL,
+        # a JSON array on SQLite.
+        if pg:
+            idents = ("SELECT * FROM unnest(CAST(:k_scope AS VARCHAR[]), CAST(:k_auth AS "
+                      "VARCHAR[]), CAST(:k_type AS VARCHAR[]), CAST(:k_value AS VARCHAR[]))")
+            keys = ("SELECT * FROM unnest(CAST(:k_auth AS VARCHAR[]), "
+                    "CAST(:k_id AS VARCHAR[]))")
+            lock_events = " FOR UPDATE OF e"
+        else:
+            idents = ("SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), "
+                      "json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]') "
+                      "FROM json_each(:keys) AS j")
+            keys = ("SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]') "
+                    "FROM json_each(:keys) AS j")
+            lock_events = ""
+        self._sel_candidates = Precompiled(text(
+            "SELECT p.id, p.family_norm, p.given_norm, p.birth_date, p.sex, p.birth_order, "
+            "i.scope, i.authority, i.type_code, i.value "
+            "FROM patient p LEFT OUTER JOIN patient_identifier i ON i.patient_id = p.id "
+            "WHERE p.id IN ("
+            "SELECT x.patient_id FROM patient_identifier x "
+            f"WHERE (x.scope, x.authority, x.type_code, x.value) IN ({idents}) "
+            "UNION ALL SELECT y.id FROM patient y WHERE y.birth_date = :birth_date "
+            "AND y.family_norm = :family AND y.given_norm = :given) "
+            "ORDER BY p.id").bindparams(bindparam("birth_date", type_=Date)), d)
+        self._sel_keys = Precompiled(text(
+            "SELECT k.authority, k.key_id, e.id, e.patient_id, e.status "
+            "FROM event_key k JOIN immunization_event e ON e.id = k.event_id "
+            f"WHERE k.org_id = :org_id AND (k.authority, k.key_id) IN ({keys})"
+            f"{lock_events}"), d)
+
+    # --- planning (pipeline threads) ---
+
+    def groups_of(self, cvx: str) -> frozenset[str]:
+        found = self._groups.get(cvx)
+        if found is None:
+            found = self._groups[cvx] = (group_set(cvx, self.vaccine_groups(cvx)) if cvx
+                                         else frozenset())
+        return found
+
+    def facts(self, v: domain.Vaccination, event_id: int = 0, order: int = 0) -> DoseFacts:
+        signature = ""
+        if v.kind is domain.EventKind.OBSERVATION:
+            signature = "|".join(sorted(f"{o.code.code}={o.coded_value.code or o.value}"
+                                        for o in v.observations))
+        return DoseFacts(event_id, v.kind.value, v.administered_on, self.groups_of(v.cvx),
+                         v.historical, bool(v.lot_numbers), order, signature)
+
+    def event_values(self, v: domain.Vaccination) -> dict[str, Any]:
+        """The immunization_event columns one order group fills (detail as JSON text)."""
+        return {
+            "kind": v.kind.value, "cvx": v.cvx, "ndc": v.ndc, "cpt": v.cpt,
+            "vaccine_groups": ",".join(sorted(self.groups_of(v.cvx)))[:200],
+            "administered_on": v.administered_on, "administered_ts": v.administered_ts[:64],
+            "amount": v.amount, "lot_number": (v.lot_numbers[0] if v.lot_numbers else "")[:64],
+            "expiration_date": v.expiration_date, "mvx": v.manufacturer.code[:64],
+            "route_code": v.route.code[:64], "site_code": v.site.code[:64],
+            "information_source": v.information_source.code[:64],
+            "completion_status": v.completion_status[:8],
+            "refusal_reason": v.refusal_reason.code[:64],
+            "funding_eligibility": v.funding_eligibility.code[:64],
+            "funding_source": v.funding_source.code[:64],
+            "facility_code": v.administered_at.facility[:200],
+            "detail": dumps({name: getattr(v, name) for name in EVENT_DETAIL}),
+        }
+
+    def plan(self, vxu: domain.Vxu) -> VxuPlan:
+        patient = vxu.patient
+        legal = patient.legal_name
+        family, given = normalise(legal.family), normalise(legal.given)
+        values: dict[str, Any] = {a: getattr(patient, a) for a in _PATIENT_ATTRS}
+        values.update(family_norm=family, given_norm=given)
+
+        def rows(items: Sequence[Any], role: str | None) -> tuple[dict[str, Any], ...]:
+            extra = {"role": role} if role else {}
+            return tuple(dict(_flat(item), position=i, **extra) for i, item in enumerate(items))
+
+        details: list[tuple[str, str, tuple[dict[str, Any], ...]]] = []
+        for table, role, items in (
+                ("patient_name", "patient", patient.names),
+                ("patient_name", "mother_maiden", patient.mother_maiden_names),
+                ("patient_address", "", patient.addresses),
+                ("patient_phone", "", patient.phones),
+                ("patient_code", "race", patient.races),
+                ("patient_code", "ethnicity", patient.ethnicities)):
+            if items:
+                details.append((table, role, rows(items, role or None)))
+        settings = vxu.settings
+        setting = None
+        if vxu.has_pd1 and settings:
+            setting = {"publicity_code": settings.publicity.code,
+                       "publicity": dumps(settings.publicity),
+                       "publicity_date": settings.publicity_date,
+                       "protection": settings.protection,
+                       "protection_date": settings.protection_date,
+                       "registry_status": settings.registry_status,
+                       "registry_status_date": settings.registry_status_date}
+        events = []
+        for v in vxu.events:
+            events.append(EventPlan(
+                v, not self.is_placeholder_key(v.key), (v.key.authority[:200], v.key.id[:200]),
+                self.event_values(v), self.facts(v, order=_THIS_MESSAGE),
+                tuple({"position": i, "code": o.code.code[:64], "value_type": o.value_type[:8],
+                       "value": o.value, "value_code": o.coded_value.code[:64],
+                       "sub_id": o.sub_id[:64], "observed_on": o.observed_on,
+                       "detail": dumps({"code": o.code, "coded_value": o.coded_value,
+                                        "units": o.units, "method": o.method,
+                                        "status": o.status})}
+                      for i, o in enumerate(v.observations))))
+        return VxuPlan(
+            organization=vxu.organization, patient=patient,
+            keys=scoped_identifiers(patient, vxu.organization, self.registry_authority),
+            family=family, given=given,
+            lock_key=zlib.crc32(match_key(patient).encode("utf-8")),
+            patient_values=values, details=tuple(details),
+            responsible=tuple({"position": i, "relationship_code": p.relationship.code,
+                               "detail": dumps(p)} for i, p in enumerate(
+                vxu.responsible_persons)),
+            setting=setting, events=tuple(events))
+
+    # --- the message log ---
+
+    def replay(self, conn: Connection, sender: str, control_id: str) -> tuple[str, bytes] | None:
+        row = self._sel_log.execute(conn, {"sender": sender, "key": control_id}).first()
+        return (row[0], bytes(row[1])) if row else None
+
+    def log(self, conn: Connection, values: dict[str, Any]) -> None:
+        """Insert one message_log row (IntegrityError when (sender, replay_key) is taken)."""
+        self._ins_log.execute(conn, values)
+
+    # --- storing (the writer thread) ---
+
+    def org_id(self, tx: Tx, code: str, now: datetime) -> int:
+        """The id of an organization, enrolling it on first sight (race-safe upsert)."""
+        cached = self._org_ids.get(code)
+        if cached is not None:
+            return cached
+        conn = tx.connection
+        self._ins_org.execute(conn, {"code": code, "created_at": now})
+        org_id = int(self._sel_org.execute(conn, {"code": code}).scalar_one())
+        # Cache only ids that will survive: a rolled-back insert must not be remembered.
+        tx.after_commit(lambda: self._org_ids.__setitem__(code, org_id))
+        return org_id
+
+    def store(self, tx: Tx, plan: VxuPlan, now: datetime) -> tuple[int, int, list[Issue]]:
+        """Match/create the patient and apply the order groups: (org id, patient id, issues)."""
+        org_id = self.org_id(tx, plan.organization, now)
+        patient_id, existed = self._patient(tx.connection, plan, org_id, now)
+        issues = self._events(tx.connection, plan, patient_id, existed, org_id, now)
+        return org_id, patient_id, issues
+
+    def _candidates(self, conn: Connection, plan: VxuPlan) -> list[Candidate]:
+        keys = plan.keys
+        if self.dialect == "postgresql":
+            params: dict[str, Any] = {
+                "k_scope": [k.scope for k in keys], "k_auth": [k.authority for k in keys],
+                "k_type": [k.type_code for k in keys], "k_value": [k.value for k in keys]}
+        else:
+            params = {"keys": json.dumps([[k.scope, k.authority, k.type_code, k.value]
+                                          for k in keys])}
+        params.update(birth_date=plan.patient.birth_date, family=plan.family,
+                      given=plan.given)
+        found: dict[int, tuple[Any, ...]] = {}
+        idents: dict[int, list[ScopedIdentifier]] = {}
+        for row in self._sel_candidates.execute(conn, params):
+            found.setdefault(row[0], tuple(row[:6]))
+            if row[6] is not None:
+                idents.setdefault(row[0], []).append(ScopedIdentifier(*row[6:10]))
+        out = []
+        for pid, (_, fam, giv, born, sex, order) in found.items():
+            if isinstance(born, str):
+                born = date.fromisoformat(born)
+            out.append(Candidate(pid, fam, giv, born, sex, order, tuple(idents.get(pid, ()))))
+        return out
+
+    def _patient(self, conn: Connection, plan: VxuPlan, org_id: int,
+                 now: datetime) -> tuple[int, bool]:
+        if self._lock is not None:
+            # Separate statement: the candidate query must take its snapshot after the lock.
+            self._lock.execute(conn, {"k": plan.lock_key})
+        candidates = self._candidates(conn, plan)
+        wanted = set(plan.keys)
+        hits = [c for c in candidates if wanted.intersection(c.identifiers)]
+        decision = decide(plan.patient, plan.keys, hits, [] if hits else candidates)
+        values = plan.patient_values
+        if decision.patient_id is None:
+            patient_id = int(self._ins_patient.execute(conn, dict(
+                values, created_at=now, updated_at=now, updated_by_org_id=org_id)).scalar_one())
+            # Our own registry id (PID-3 type SR) is the patient's primary key. No ON
+            # CONFLICT for the sender's keys: a racing transaction that claimed one makes
+            # this one fail and re-run, and the re-run matches instead of duplicating.
+            self._ins_ident.execute_many(conn, [
+                {"patient_id": patient_id, "scope": GLOBAL_SCOPE,
+                 "authority": self.registry_authority, "type_code": "SR",
+                 "value": str(patient_id), "position": -1},
+                *self._ident_rows(patient_id, plan.keys)])
+            existed = False
+        else:
+            patient_id = decision.patient_id
+            update_values = {a: (None if values[a] == "" else values[a]) for a in _PATIENT_ATTRS}
+            names = bool(plan.patient.names)
+            self._upd_patient.execute(conn, dict(
+                update_values, pid=patient_id, updated_at=now, org_id=org_id,
+                family_norm=values["family_norm"] if names else None,
+                given_norm=values["given_norm"] if names else None))
+            held = next((c.identifiers for c in candidates if c.patient_id == patient_id), ())
+            new_keys = [k for k in plan.keys if k not in held]
+            if new_keys:
+                self._add_ident.execute_many(conn, self._ident_rows(patient_id, plan.keys))
+            existed = True
+        for table, role, rows in plan.details:
+            if existed:
+                self._del_detail[table, role].execute(conn, {"pid": patient_id})
+            self._ins_detail[table].execute_many(
+                conn, [dict(r, patient_id=patient_id) for r in rows])
+        if plan.responsible:
+            if existed:
+                self._del_nk1.execute(conn, {"pid": patient_id})
+            self._ins_nk1.execute_many(conn, [dict(r, patient_id=patient_id)
+                                              for r in plan.responsible])
+        if plan.setting is not None:
+            self._upsert_setting.execute(conn, dict(plan.setting, patient_id=patient_id,
+                                                    org_id=org_id, updated_at=now))
+        return patient_id, existed
+
+    @staticmethod
+    def _ident_rows(patient_id: int, keys: Sequence[ScopedIdentifier]) -> list[dict[str, Any]]:
+        return [{"patient_id": patient_id, "scope": k.scope, "authority": k.authority,
+                 "type_code": k.type_code, "value": k.value, "position": i}
+                for i, k in enumerate(keys) if not (k.scope == GLOBAL_SCOPE and k.type_code == "SR")]
+
+    def _known_keys(self, conn: Connection, plan: VxuPlan,
+                    org_id: int) -> dict[tuple[str, str], _Known]:
+        wanted = sorted({e.key for e in plan.events if e.keyed})
+        if not wanted:
+            return {}
+        if self.dialect == "postgresql":
+            params: dict[str, Any] = {"org_id": org_id, "k_auth": [a for a, _ in wanted],
+                                      "k_id": [i for _, i in wanted]}
+        else:
+            params = {"org_id": org_id, "keys": json.dumps(wanted)}
+        return {(r[0], r[1]): _Known(r[2], r[3], r[4])
+                for r in self._sel_keys.execute(conn, params)}
+
+    def _stored_facts(self, conn: Connection, plan: VxuPlan, patient_id: int,
+                      org_id: int) -> dict[int, DoseFacts]:
+        """The org's active events for this patient as de-duplication candidates."""
+        params = {"pid": patient_id, "org_id": org_id}
+        rows = self._sel_org_events.execute(conn, params).fetchall()
+        signatures: dict[int, list[str]] = {}
+        if any(r[1] == domain.EventKind.OBSERVATION.value for r in rows) and any(
+                e.event.kind is domain.EventKind.OBSERVATION for e in plan.events):
+            for eid, code, value, value_code in self._sel_org_observations.execute(conn, params):
+                signatures.setdefault(eid, []).append(f"{code}={value_code or value}")
+        out = {}
+        for eid, kind, cvx, source, lot, on in rows:
+            if isinstance(on, str):
+                on = date.fromisoformat(on)
+            out[eid] = DoseFacts(eid, kind, on, self.groups_of(cvx),
+                                 bool(source) and source != "00", bool(lot), 0,
+                                 "|".join(sorted(signatures.get(eid, ()))))
+        return out
+
+    def _events(self, conn: Connection, plan: VxuPlan, patient_id: int, existed: bool,
+                org_id: int, now: datetime) -> list[Issue]:
+        if not plan.events:
+            return []
+        known = self._known_keys(conn, plan, org_id)
+        candidates = self._stored_facts(conn, plan, patient_id, org_id) if existed else {}
+        new_keys: list[dict[str, Any]] = []
+        observations: dict[int, tuple[dict[str, Any], ...]] = {}
+        inserted: set[int] = set()
+        issues: list[Issue] = []
+        order = _THIS_MESSAGE
+
+        def remember(event_id: int, ep: EventPlan) -> None:
+            nonlocal order
+            order += 1
+            candidates[event_id] = dataclasses.replace(ep.facts, event_id=event_id,
+                                                       reported_order=order)
+            for k in known.values():
+                if k.event_id == event_id:
+                    k.patient_id, k.status = patient_id, ACTIVE
+            observations[event_id] = ep.observations
+
+        def add_key(ep: EventPlan, event_id: int) -> None:
+            new_keys.append({"org_id": org_id, "authority": ep.key[0], "key_id": ep.key[1],
+                             "event_id": event_id})
+            known[ep.key] = _Known(event_id, patient_id, ACTIVE)
+
+        for ep in plan.events:
+            event = ep.event
+            found = known.get(ep.key) if ep.keyed else None
+            target = found.event_id if found else None
+            if target is None and (event.action is domain.Action.ADD or not ep.keyed):
+                same_day = [f for f in candidates.values() if f.kind == ep.facts.kind
+                            and f.administered_on == ep.facts.administered_on]
+                dupe = find_duplicate(ep.facts, same_day)
+                if dupe is not None:
+                    target = dupe.event_id
+                    if ep.keyed:
+                        add_key(ep, target)
+                    if event.action is domain.Action.ADD and not takes_precedence(ep.facts,
+                                                                                 dupe):
+                        continue
+            if event.action is domain.Action.DELETE:
+                if target is None:
+                    issues.append(unknown_key(event))
+                    continue
+                if not (found and found.status == DELETED):
+                    self._delete_event.execute(conn, {"eid": target, "now": now})
+                    candidates.pop(target, None)
+                    for k in known.values():
+                        if k.event_id == target:
+                            k.status = DELETED
+                continue
+            if target is None:
+                if event.action is domain.Action.UPDATE:
+                    issues.append(unknown_key(event))
+                    continue
+                event_id = int(self._ins_event.execute(conn, dict(
+                    ep.values, patient_id=patient_id, org_id=org_id, status=ACTIVE,
+                    created_at=now, updated_at=now, deleted_at=None, version=1)).scalar_one())
+                inserted.add(event_id)
+                if ep.keyed:
+                    add_key(ep, event_id)
+                remember(event_id, ep)
+                continue
+            # The addendum rule: the order group is the complete record, so replace it whole.
+            self._replace_event.execute(conn, dict(ep.values, eid=target,
+                                                   patient_id=patient_id, updated_at=now))
+            if target not in inserted:
+                self._del_obs.execute(conn, {"eid": target})
+            remember(target, ep)
+        self._ins_key.execute_many(conn, new_keys)
+        self._ins_obs.execute_many(conn, [dict(row, event_id=eid)
+                                          for eid, rows in observations.items() for row in rows])
+        return issues
+
+
+def unknown_key(event: domain.Vaccination) -> Issue:
+    location = (Location("ORC", event.orc_sequence, 3) if event.orc_sequence
+                else Location("RXA", event.rxa_sequence or 1, 21))
+    action = "delete" if event.action is domain.Action.DELETE else "update"
+    return UnknownKeyIdentifier(
+        f"Cannot {action} this immunization: its ORC-3 is not known for the sending "
+        "organization; the order group was not stored", location).to_issue()
