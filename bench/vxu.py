@@ -8,6 +8,12 @@ The client opens 8 MLLP connections and sends unique synthetic VXUs (new patient
 each), one outstanding message per connection; it prints msg/s, p50/p99 latency and each
 engine's ratio against the echo server.
 
+Every server runs in its own process, apart from the client, so the bench also reports CPU
+time per message — the server process (all its threads), the client (this process), and the
+PostgreSQL server processes (all of them on the host, so other load shows up there) — and how
+busy the whole machine was. On a small shared box throughput is mostly a question of who gets
+the cores; CPU per message is the fairer comparison between servers.
+
 Usage (from the repo root)::
 
     PYTHONPATH=. .venv/bin/python bench/vxu.py [--messages 3000] [--connections 8]
@@ -127,7 +133,40 @@ async def _connection(port: int, messages: list[bytes], latencies: list[float],
         await writer.wait_closed()
 
 
-def drive(port: int, messages: list[bytes], connections: int) -> dict[str, object]:
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every `postgres` process on this host (backends, WAL writer, ...)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "postgres":
+                    total += process_cpu(int(proc.name))
+            except OSError:
+                continue
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies over all CPUs since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def drive(port: int, messages: list[bytes], connections: int,
+          server_pid: int | None = None) -> dict[str, object]:
     latencies: list[float] = []
     acks: dict[str, int] = {}
 
@@ -137,10 +176,26 @@ def drive(port: int, messages: list[bytes], connections: int) -> dict[str, objec
         await asyncio.gather(*(_connection(port, s, latencies, acks) for s in shares))
         return time.perf_counter() - started
 
+    server0 = process_cpu(server_pid) if server_pid else 0.0
+    client0, pg0, busy0 = time.process_time(), postgres_cpu(), machine_busy()
     elapsed = asyncio.run(run())
+    client = time.process_time() - client0
+    server = (process_cpu(server_pid) - server0) if server_pid else 0.0
+    pg = postgres_cpu() - pg0
+    busy1 = machine_busy()
+    n = len(messages)
     q = statistics.quantiles(latencies, n=100)
-    return {"rate": len(messages) / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000,
-            "acks": acks}
+    return {"rate": n / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000, "acks": acks,
+            "server_ms": server / n * 1000, "client_ms": client / n * 1000,
+            "db_ms": pg / n * 1000,
+            "busy": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100}
+
+
+def warmup_messages(messages: list[bytes], count: int = 40) -> list[bytes]:
+    """Copies of the first messages under other control ids and identifiers."""
+    return [m.replace(b"|P|2.5.1|", b"W|P|2.5.1|").replace(b"||MR", b"||WMR")
+            .replace(b"|Fam", b"|Wfam")
+            for m in messages[:count]]
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -167,6 +222,8 @@ def serve_engine(url: str, port: int) -> None:
     from engine.service import AsyncPipeline
 
     obs_logging.configure("json", "warning")
+    if os.environ.get("IZ_SWITCH"):
+        sys.setswitchinterval(float(os.environ["IZ_SWITCH"]))
     cfg = Config(server=ServerConfig(port=port))
     metrics = Metrics()
     bundle = build_handlers(url, metrics)
@@ -201,7 +258,9 @@ def run_server(cmd: list[str], port: int, messages: list[bytes],
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_ready(port, proc)
-        return drive(port, messages, connections)
+        # Warm up (imports, statement caches, first connections) outside the measurement.
+        drive(port, warmup_messages(messages), connections)
+        return drive(port, messages, connections, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -261,11 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     echo = float(results["python-hl7 echo"]["rate"])  # type: ignore[arg-type]
     print(f"{args.messages} unique VXUs over {args.connections} MLLP connections, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'server':<22}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}  acks")
+    print(f"{'server':<22}{'msg/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'vs echo':>9}"
+          f"{'srv cpu':>9}{'cli cpu':>9}{'pg cpu':>8}{'busy':>6}  acks")
     for label, r in results.items():
         rate = float(r["rate"])  # type: ignore[arg-type]
-        print(f"{label:<22}{rate:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-              f"{rate / echo:>8.2f}x  {r['acks']}")
+        print(f"{label:<22}{rate:>7.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}"
+              f"{rate / echo:>8.2f}x{r['server_ms']:>7.2f}ms{r['client_ms']:>7.2f}ms"
+              f"{r['db_ms']:>6.2f}ms{r['busy']:>5.0f}%  {r['acks']}")
+    print("cpu columns: CPU milliseconds per message (server process, bench client, all "
+          "postgres processes); busy: share of all CPUs in use during the run")
     return 0
 
 

@@ -7,9 +7,13 @@ works; a PostgreSQL database must already be at this build's revision — the op
 the message journal, how many pipeline threads suit the backend, and a `close` that disposes
 of the connection pool.
 
-Threads: PostgreSQL gets 8 pipeline threads (one transaction each, in parallel; the pool has
-room for all of them plus the journal). SQLite allows one writer at a time, so one thread
-does all store work and nothing waits on SQLite's busy lock.
+Threads: all store writes go through one group-commit writer (engine.store.writer), which
+runs whatever messages are waiting in one transaction — a savepoint each — and commits them
+together. The pipeline threads (8 on either backend) parse, validate, map and plan in
+parallel and wait for their batch's commit; the more of them wait, the more one fsync
+covers. SQLite allows one writer anyway; on PostgreSQL one writer connection also keeps
+each batch's subtransactions and locks in one backend. `close` drains the writer, then
+disposes of the pool.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from engine.mapping import VxuMapper
 from engine.observability.metrics import Metrics
 from engine.pipeline import Journal, MessageHandler
 from engine.store.db import is_sqlite, make_engine
+from engine.store.intake import IntakeStore
 from engine.store.journal import StoreJournal
 from engine.store.migrate import check_current, upgrade_engine
 from engine.store.repository import Repository
+from engine.store.writer import GroupCommitter
 
 REGISTRY_AUTHORITY = "CAIR2"
-POSTGRES_THREADS = 8
+PIPELINE_THREADS = 8
+# PostgreSQL: stay under the 64 cached subtransactions per backend (engine.store.writer).
+MAX_BATCH = {"sqlite": 64, "postgresql": 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,7 @@ class StoreBundle:
     executor_threads: int
     close: Callable[[], None]
     repository: Repository
+    writer: GroupCommitter
 
 
 def build_handlers(database_url: str, metrics: Metrics, *,
@@ -48,7 +57,7 @@ def build_handlers(database_url: str, metrics: Metrics, *,
     from engine.handlers.vxu import StoreMetrics, VxuHandler
 
     sqlite = is_sqlite(database_url)
-    threads = 1 if sqlite else POSTGRES_THREADS
+    threads = PIPELINE_THREADS
     engine = make_engine(database_url, pool_size=threads + 2)
     try:
         if sqlite:
@@ -65,8 +74,19 @@ def build_handlers(database_url: str, metrics: Metrics, *,
     mapper = VxuMapper.load()
     repository = Repository(engine, vaccine_groups=mapper.vaccine_groups,
                             registry_authority=registry_authority)
-    handler = VxuHandler(repository, mapper, StoreMetrics.create(metrics.registry),
-                         keep_payload=keep_payload)
-    return StoreBundle(handlers={"VXU": handler},
-                       journal=StoreJournal(repository, keep_payload=keep_payload),
-                       executor_threads=threads, close=engine.dispose, repository=repository)
+    intake = IntakeStore(engine, vaccine_groups=mapper.vaccine_groups,
+                         is_placeholder_key=mapper.is_placeholder_key,
+                         registry_authority=registry_authority)
+    store_metrics = StoreMetrics.create(metrics.registry)
+    writer = GroupCommitter(engine, max_batch=MAX_BATCH.get(engine.dialect.name, 32),
+                            on_batch=store_metrics.batch_messages.observe)
+    handler = VxuHandler(intake, writer, mapper, store_metrics, keep_payload=keep_payload)
+    journal = StoreJournal(repository, keep_payload=keep_payload, writer=writer,
+                           replayed_by_handler={"VXU"})
+
+    def close() -> None:
+        writer.close()
+        engine.dispose()
+
+    return StoreBundle(handlers={"VXU": handler}, journal=journal, executor_threads=threads,
+                       close=close, repository=repository, writer=writer)

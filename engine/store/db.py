@@ -3,8 +3,10 @@
 SQLite (embedded default): WAL journal, ``synchronous=FULL`` so a committed transaction
 survives power loss, a busy timeout instead of immediate "database is locked", foreign keys
 on, and ``BEGIN IMMEDIATE`` so a writer takes the write lock up front (two writers never
-deadlock upgrading read locks). PostgreSQL (production): psycopg 3, default
-``synchronous_commit`` (on) — commits are durable; nothing here trades that away.
+deadlock upgrading read locks) — except on `read_only(engine)`, whose transactions begin
+deferred so a lookup never queues behind the group-commit writer for the write lock.
+PostgreSQL (production): psycopg 3, default ``synchronous_commit`` (on) — commits are
+durable; nothing here trades that away.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+READ_ONLY = "iz_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for transactions that only read."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def is_sqlite(url: str) -> bool:
@@ -56,4 +66,5 @@ def _sqlite_durability(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")

@@ -53,6 +53,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    null,
     select,
     text,
     update,
@@ -72,6 +73,7 @@ from engine.matching import (
     scoped_identifiers,
 )
 from engine.store import models as m
+from engine.store import pgwrite
 from engine.store.precompiled import Precompiled
 from engine.store.writer import Tx
 
@@ -93,24 +95,23 @@ def _names_of(cls: type[Any]) -> tuple[str, ...]:
     return names
 
 
-def to_json(value: Any) -> Any:
-    """A domain value as JSON-ready data (dataclasses → objects, dates → ISO text)."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    cls = type(value)
+def _encode(value: Any) -> Any:
+    """json's hook for what it cannot encode itself; strings, lists and dicts stay in C."""
     if dataclasses.is_dataclass(value):
-        return {n: to_json(getattr(value, n)) for n in _names_of(cls)}
-    if isinstance(value, tuple | list):
-        return [to_json(v) for v in value]
+        return {n: getattr(value, n) for n in _names_of(type(value))}
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
-    return value
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode)
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(to_json(value), separators=(",", ":"))
+    """A domain value as JSON text (dataclasses → objects, dates → ISO text)."""
+    return _ENCODER.encode(value)
 
 
 def _flat(item: Any) -> dict[str, Any]:
@@ -150,9 +151,11 @@ class VxuPlan:
     lock_key: int
     patient_values: dict[str, Any]
     details: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...]  # (table, role, rows)
+    detail_rows: tuple[tuple[str, tuple[dict[str, Any], ...]], ...]  # rows grouped by table
     responsible: tuple[dict[str, Any], ...]
     setting: dict[str, Any] | None
     events: tuple[EventPlan, ...]
+    pg: dict[str, Any] | None = None  # PostgreSQL: the patient part as one statement's params
 
 
 @dataclass(slots=True)
@@ -188,30 +191,27 @@ class IntakeStore:
         def ins(model: type[m.Base], *, returning: bool = False) -> Precompiled:
             table = model.__table__
             cols = [c.name for c in table.columns if c.name != "id"]
-            stmt = insert(table)
-            if returning:
-                stmt = stmt.returning(table.c.id)
+            stmt = insert(table).returning(table.c.id) if returning else insert(table).inline()
             return Precompiled(stmt, d, cols)
 
-        self._ins_org = Precompiled(dialect_insert(m.Organization.__table__)
+        self._ins_org = Precompiled(dialect_insert(m.Organization.__table__).inline()
                                     .on_conflict_do_nothing(), d, ["code", "created_at"])
         self._sel_org = Precompiled(select(m.Organization.id).where(
             m.Organization.code == bindparam("code")), d)
         self._lock = Precompiled(select(func.pg_advisory_xact_lock(bindparam("k"))), d) if (
             pg) else None
+        self._pg = pgwrite.PatientStatements(d) if pg else None
         self._ins_patient = ins(m.Patient, returning=True)
         pat = m.Patient.__table__.c
+        # Most recent report wins attribute by attribute; a NULL parameter keeps the column.
         self._upd_patient = Precompiled(update(m.Patient.__table__).where(
             pat.id == bindparam("pid")).values(
-            updated_at=bindparam("updated_at"), updated_by_org_id=bindparam("org_id"),
-            family_norm=func.coalesce(bindparam("family_norm", type_=pat.family_norm.type),
-                                      pat.family_norm),
-            given_norm=func.coalesce(bindparam("given_norm", type_=pat.given_norm.type),
-                                     pat.given_norm),
-            **{a: func.coalesce(bindparam(a, type_=pat[a].type), pat[a])
-               for a in _PATIENT_ATTRS}), d)
+            updated_at=bindparam("now"), updated_by_org_id=bindparam("org_id"),
+            **{a: func.coalesce(bindparam(f"n_{a}", type_=pat[a].type), pat[a])
+               for a in ("family_norm", "given_norm", *_PATIENT_ATTRS)}), d)
         self._ins_ident = ins(m.PatientIdentifier)
-        ident_conflict = dialect_insert(m.PatientIdentifier.__table__).on_conflict_do_nothing()
+        ident_conflict = (dialect_insert(m.PatientIdentifier.__table__).inline()
+                          .on_conflict_do_nothing())
         self._add_ident = Precompiled(ident_conflict, d, [
             c.name for c in m.PatientIdentifier.__table__.columns if c.name != "id"])
         models = {"patient_name": m.PatientName, "patient_address": m.PatientAddress,
@@ -230,7 +230,7 @@ class IntakeStore:
         self._ins_nk1 = ins(m.ResponsiblePerson)
         nk1 = m.ResponsiblePerson.__table__
         self._del_nk1 = Precompiled(delete(nk1).where(nk1.c.patient_id == bindparam("pid")), d)
-        setting = dialect_insert(m.PatientSetting.__table__)
+        setting = dialect_insert(m.PatientSetting.__table__).inline()
         set_cols = ("publicity_code", "publicity", "publicity_date", "protection",
                     "protection_date", "registry_status", "registry_status_date", "updated_at")
         self._upsert_setting = Precompiled(setting.on_conflict_do_update(
@@ -243,10 +243,8 @@ class IntakeStore:
             "id", "patient_id", "org_id", "status", "created_at", "updated_at", "deleted_at",
             "version")]
         self._replace_event = Precompiled(update(ev).where(ev.c.id == bindparam("eid")).values(
-            patient_id=bindparam("patient_id"), status=ACTIVE,
-            updated_at=bindparam("updated_at"), deleted_at=None,
-            version=ev.c.version + 1, **{c: bindparam(c, type_=ev.c[c].type)
-                                         for c in event_cols}), d)
+            status=ACTIVE, deleted_at=null(), version=ev.c.version + 1), d,
+            [*event_cols, "patient_id", "updated_at"])
         self._delete_event = Precompiled(update(ev).where(ev.c.id == bindparam("eid")).values(
             status=DELETED, deleted_at=bindparam("now"), updated_at=bindparam("now"),
             version=ev.c.version + 1), d)
@@ -355,6 +353,9 @@ class IntakeStore:
                 ("patient_code", "ethnicity", patient.ethnicities)):
             if items:
                 details.append((table, role, rows(items, role or None)))
+        by_table: dict[str, tuple[dict[str, Any], ...]] = {}
+        for table, _role, table_rows in details:
+            by_table[table] = by_table.get(table, ()) + table_rows
         settings = vxu.settings
         setting = None
         if vxu.has_pd1 and settings:
@@ -377,16 +378,52 @@ class IntakeStore:
                                         "units": o.units, "method": o.method,
                                         "status": o.status})}
                       for i, o in enumerate(v.observations))))
+        keys = scoped_identifiers(patient, vxu.organization, self.registry_authority)
+        pg = None
+        if self._pg is not None:
+            pg = self._pg_params(vxu, values, keys, details)
         return VxuPlan(
-            organization=vxu.organization, patient=patient,
-            keys=scoped_identifiers(patient, vxu.organization, self.registry_authority),
+            organization=vxu.organization, patient=patient, keys=keys, pg=pg,
             family=family, given=given,
             lock_key=zlib.crc32(match_key(patient).encode("utf-8")),
             patient_values=values, details=tuple(details),
+            detail_rows=tuple(by_table.items()),
             responsible=tuple({"position": i, "relationship_code": p.relationship.code,
                                "detail": dumps(p)} for i, p in enumerate(
                 vxu.responsible_persons)),
             setting=setting, events=tuple(events))
+
+    def _pg_params(self, vxu: domain.Vxu, values: dict[str, Any],
+                   keys: Sequence[ScopedIdentifier],
+                   details: Sequence[tuple[str, str, tuple[dict[str, Any], ...]]]
+                   ) -> dict[str, Any]:
+        """Parameters of engine.store.pgwrite's statements (JSON arrays, encoded here)."""
+        part_of = {"patient_name": "names", "patient_address": "addresses",
+                   "patient_phone": "phones", "patient_code": "codes"}
+        parts: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in pgwrite.PARTS}
+        roles: dict[str, list[str]] = {"names": [], "codes": []}
+        for table, role, rows in details:
+            parts[part_of[table]].extend(rows)
+            if role:
+                roles[part_of[table]].append(role)
+        parts["nk1"] = [{"position": i, "relationship_code": p.relationship.code, "detail": p}
+                        for i, p in enumerate(vxu.responsible_persons)]
+        settings = vxu.settings
+        setting = ([{"publicity_code": settings.publicity.code, "publicity": settings.publicity,
+                     "publicity_date": settings.publicity_date,
+                     "protection": settings.protection,
+                     "protection_date": settings.protection_date,
+                     "registry_status": settings.registry_status,
+                     "registry_status_date": settings.registry_status_date}]
+                   if vxu.has_pd1 and settings else [])
+        params: dict[str, Any] = {name: dumps(rows) for name, rows in parts.items()}
+        params.update(
+            {c: values[c] for c in pgwrite.PATIENT_COLUMNS},
+            idents=dumps(self._ident_rows(0, keys)), setting=dumps(setting),
+            names_roles=roles["names"], codes_roles=roles["codes"],
+            addresses_replace=bool(parts["addresses"]), phones_replace=bool(parts["phones"]),
+            nk1_replace=bool(parts["nk1"]), authority=self.registry_authority)
+        return params
 
     # --- the message log ---
 
@@ -453,6 +490,8 @@ class IntakeStore:
         hits = [c for c in candidates if wanted.intersection(c.identifiers)]
         decision = decide(plan.patient, plan.keys, hits, [] if hits else candidates)
         values = plan.patient_values
+        if self._pg is not None and plan.pg is not None:
+            return self._pg_patient(conn, plan.pg, decision.patient_id, values, org_id, now)
         if decision.patient_id is None:
             patient_id = int(self._ins_patient.execute(conn, dict(
                 values, created_at=now, updated_at=now, updated_by_org_id=org_id)).scalar_one())
@@ -467,20 +506,22 @@ class IntakeStore:
             existed = False
         else:
             patient_id = decision.patient_id
-            update_values = {a: (None if values[a] == "" else values[a]) for a in _PATIENT_ATTRS}
+            changes = {f"n_{a}": (None if values[a] == "" else values[a])
+                       for a in _PATIENT_ATTRS}
             names = bool(plan.patient.names)
             self._upd_patient.execute(conn, dict(
-                update_values, pid=patient_id, updated_at=now, org_id=org_id,
-                family_norm=values["family_norm"] if names else None,
-                given_norm=values["given_norm"] if names else None))
+                changes, pid=patient_id, now=now, org_id=org_id,
+                n_family_norm=values["family_norm"] if names else None,
+                n_given_norm=values["given_norm"] if names else None))
             held = next((c.identifiers for c in candidates if c.patient_id == patient_id), ())
             new_keys = [k for k in plan.keys if k not in held]
             if new_keys:
                 self._add_ident.execute_many(conn, self._ident_rows(patient_id, plan.keys))
             existed = True
-        for table, role, rows in plan.details:
-            if existed:
+        if existed:
+            for table, role, _rows in plan.details:
                 self._del_detail[table, role].execute(conn, {"pid": patient_id})
+        for table, rows in plan.detail_rows:
             self._ins_detail[table].execute_many(
                 conn, [dict(r, patient_id=patient_id) for r in rows])
         if plan.responsible:
@@ -492,6 +533,21 @@ class IntakeStore:
             self._upsert_setting.execute(conn, dict(plan.setting, patient_id=patient_id,
                                                     org_id=org_id, updated_at=now))
         return patient_id, existed
+
+    def _pg_patient(self, conn: Connection, params: dict[str, Any], matched: int | None,
+                    values: dict[str, Any], org_id: int, now: datetime) -> tuple[int, bool]:
+        assert self._pg is not None
+        if matched is None:
+            patient_id = int(self._pg.create.execute(conn, dict(
+                params, org_id=org_id, now=now)).scalar_one())
+            return patient_id, False
+        names = params["names_roles"] and "patient" in params["names_roles"]
+        changes = {a: (None if values[a] == "" else values[a]) for a in _PATIENT_ATTRS}
+        self._pg.update.execute(conn, dict(
+            params, **changes, pid=matched, org_id=org_id, now=now,
+            family_norm=values["family_norm"] if names else None,
+            given_norm=values["given_norm"] if names else None))
+        return matched, True
 
     @staticmethod
     def _ident_rows(patient_id: int, keys: Sequence[ScopedIdentifier]) -> list[dict[str, Any]]:

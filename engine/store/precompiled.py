@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import ClauseElement
 class Precompiled:
     """One statement's SQL text for one dialect plus the bind processors of its parameters."""
 
-    __slots__ = ("_processors", "names", "positional", "sql")
+    __slots__ = ("_fixed", "_processors", "names", "positional", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect,
                  column_keys: Sequence[str] | None = None) -> None:
@@ -34,7 +34,7 @@ class Precompiled:
                                      column_keys=list(column_keys) if column_keys else None)
         self.sql = str(compiled)
         self.positional = bool(compiled.positional)
-        binds = compiled.binds
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
         names = list(compiled.positiontup or []) if self.positional else list(binds)
         self.names: tuple[str, ...] = tuple(names)
         processors: dict[str, Callable[[Any], Any]] = {}
@@ -46,10 +46,15 @@ class Precompiled:
             if processor is not None:
                 processors[name] = processor
         self._processors = processors
+        # Values compiled into the statement (constants in WHERE/SET) are still parameters.
+        self._fixed = {n: binds[n].value for n in set(names)
+                       if not binds[n].required and binds[n].value is not None}
 
     def bind(self, values: Mapping[str, Any]) -> Any:
         """Driver parameters (tuple for positional drivers, dict otherwise) for one row."""
         procs = self._processors
+        if self._fixed:
+            values = {**self._fixed, **values}
         if self.positional:
             return tuple(procs[n](values[n]) if n in procs else values[n] for n in self.names)
         return {n: procs[n](values[n]) if n in procs else values[n] for n in self.names}

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from engine.validation.paths import Evaluator, compile_expr
+from engine.validation.paths import Evaluator, compile_expr, parse_path
 
 # A membership test: True = in the set; None for "this binding is not checked here".
 CodeCheck = Callable[[str, str], bool]
@@ -74,6 +74,8 @@ class ComponentRule:
     binding_id: str
     rule: str = "component.R"
     severity: str = "W"
+    # the predicate's condition over the repetition's component list (the fast path's form)
+    parts_condition: Evaluator | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,10 @@ class Statement:
     check: Evaluator | None  # None: evaluated natively (SetID, IZSetID, Plugin)
     kind: str  # the outermost assertion op (Format, PlainText, IMPLY...)
     guard: Evaluator | None = None  # target presence: statements on absent elements are skipped
+    target_first: int = 0  # the target's first step (field, or component in a datatype)
+    # datatype statements: check and guard over the repetition's component list (fast path)
+    parts_check: Evaluator | None = None
+    parts_guard: Evaluator | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,11 +253,15 @@ def _predicates(data: Mapping[str, Any], tables: CodeTables) -> dict[tuple[str, 
     for p in data["predicates"]:
         if p["context"] not in ("segment", "datatype"):
             continue  # group predicates (ORC-12 only) yield RE/O: never an error
-        fn = compile_expr(p["condition"], tables.sets)
+        fn = compile_expr(p["condition"], tables.sets, p["context"])
         if fn is None:
             continue
         pos = int(p["target"].split("[")[0])
         out[(p["context"], p["of"], pos)] = (fn, p["true_usage"], p["false_usage"])
+        if p["context"] == "datatype":
+            parts = compile_expr(p["condition"], tables.sets, "parts")
+            assert parts is not None  # same expression, same support as the datatype form
+            out[("parts", p["of"], pos)] = (parts, p["true_usage"], p["false_usage"])
     return out
 
 
@@ -273,9 +283,11 @@ def _components(pid: str, seg_id: str, field_no: int, dt_flavour: str,
                 usage, severity, rule = o
         if field_binding_loc == str(c["n"]):
             check, binding_id = None, ""  # the field-level binding tests this component
+        parts = preds.get(("parts", dt_flavour, c["n"])) if usage == "C" else None
         out.append(ComponentRule(
             n=c["n"], name=c["name"], usage=usage,
             predicate=preds.get(("datatype", dt_flavour, c["n"])) if usage == "C" else None,
+            parts_condition=parts[0] if parts is not None else None,
             datatype=datatypes.get(c["datatype"], {}).get("name") or c["datatype"],
             maxlen=_num(c.get("maxlen")), binding=check, binding_id=binding_id,
             rule=rule, severity=severity))
@@ -283,15 +295,24 @@ def _components(pid: str, seg_id: str, field_no: int, dt_flavour: str,
 
 
 def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
-    check = compile_expr(c["assertion"], tables.sets)
+    context = c["context"]
+    check = compile_expr(c["assertion"], tables.sets, context)
     kind = c["assertion"]["op"] if c["assertion"] else ""
     guard = None
     target = c["target"]
-    if check is not None and c["context"] in ("segment", "datatype") and target:
-        guard = compile_expr({"op": "Presence", "path": target}, tables.sets)
-    return Statement(id=c["id"], context=c["context"], of=c["of"].split(".")[-1]
-                     if c["context"] == "group" else c["of"], target=target,
-                     description=c["description"], check=check, kind=kind, guard=guard)
+    if check is not None and context in ("segment", "datatype") and target:
+        guard = compile_expr({"op": "Presence", "path": target}, tables.sets, context)
+    steps = parse_path(target) if target else ()
+    parts_check = parts_guard = None
+    if context == "datatype" and check is not None:
+        parts_check = compile_expr(c["assertion"], tables.sets, "parts")
+        if target:
+            parts_guard = compile_expr({"op": "Presence", "path": target}, tables.sets, "parts")
+    return Statement(id=c["id"], context=context, of=c["of"].split(".")[-1]
+                     if context == "group" else c["of"], target=target,
+                     description=c["description"], check=check, kind=kind, guard=guard,
+                     target_first=steps[0][0] if steps else 0,
+                     parts_check=parts_check, parts_guard=parts_guard)
 
 
 def compile_profile(data: Mapping[str, Any], tables: CodeTables,

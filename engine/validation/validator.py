@@ -10,6 +10,15 @@ the IZ-nn conformance statements, and then the CDC IG propagation chain
     rejected R segment        -> its group instance rejected (ORDER = ORC/RXA/RXR/OBX)
     MSH/PID (any top-level R segment) or every ORDER group lost -> message rejected.
 
+Execution (what runs per message, and why it is cheap when the message is clean):
+- structure: grammar placement and its findings depend only on the segment ids, so they are
+  computed once per (profile, id sequence) as a `_Shape` and reused (bounded cache);
+- fields: each placed segment is first offered to its compiled `plan.SegmentPlan` (one regular
+  expression plus value-set/predicate closures); only a segment the plan cannot call clean
+  goes through the field-by-field check below, which alone creates findings;
+- statements and predicates are closures over the segment's raw field list with the path
+  resolved at load (`paths`), evaluated check-first (the guard only matters on failure).
+
 Decisions (written down because nobody else will):
 - MSH is never "rejected": MSH-9/11/12 are the pipeline's accept checks; other empty R fields
   of MSH are reported (E) but the message is still processed.
@@ -31,7 +40,7 @@ from pathlib import Path
 import engine
 from engine.errors import Issue, Location, Severity
 from engine.hl7.er7 import Message, Segment
-from engine.hl7.escape import unescape
+from engine.hl7.escape import DEFAULT_DELIMITERS, Delimiters, unescape
 from engine.validation.compiler import (
     CodeTables,
     CompiledProfile,
@@ -46,7 +55,8 @@ from engine.validation.compiler import (
     load_tables,
 )
 from engine.validation.formats import FORMATS, to_date
-from engine.validation.paths import GroupNode, RepNode, SegNode, parse_path
+from engine.validation.paths import GroupNode, parse_path
+from engine.validation.plan import SegmentPlan, build_plan
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
 INBOUND = ("Z22", "Z34", "Z44")
@@ -61,6 +71,9 @@ TABLE_NOT_FOUND, REQUIRED_DATA_MISSING, DATA_IGNORED = 5, 7, 8
 
 # Positions where a generic usage finding has a more specific, stable rule id.
 RULE_ALIASES = {("RXA", 18): "business.refusal_without_reason"}
+_NONE: frozenset[int] = frozenset()
+_NONE_FIELDS: frozenset[tuple[int, int]] = frozenset()
+SHAPE_CACHE_SIZE = 1024  # distinct (profile, segment-id sequence) structures kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,34 +104,114 @@ def _heads(g: GrammarNode) -> frozenset[str]:
     return frozenset(heads)
 
 
-class _Run:
-    """The state of validating one message against one compiled profile."""
+class _State:
+    """Findings and data-handling decisions shared by the structure pass and the message run."""
 
-    def __init__(self, v: Validator, p: CompiledProfile, message: Message, today: date | None):
-        self.v, self.p, self.today = v, p, today
-        self.segs = message.segments
-        self.seq: list[int] = []
-        counts: dict[str, int] = {}
-        for s in self.segs:
-            counts[s.id] = counts.get(s.id, 0) + 1
-            self.seq.append(counts[s.id])
+    def __init__(self, ids: tuple[str, ...], seq: tuple[int, ...]) -> None:
+        self.ids, self.seq = ids, seq
         self.found: list[tuple[tuple[int, int, int], Issue]] = []
         self.dropped: set[int] = set()
-        self.emptied: set[tuple[int, int]] = set()
-        self.r_empty: dict[int, int] = {}  # segment index -> first empty R field
         self.rejected = False
-        self.placed: dict[int, tuple[GrammarNode, GroupNode]] = {}
         self.parent: dict[int, tuple[GroupNode, GrammarNode]] = {}  # id(group) -> parent
-        self.root = GroupNode(p.grammar.group)
+        self.root = GroupNode("")
 
-    # -- issues --------------------------------------------------------------------------
     def loc(self, i: int, fld: int = 0, rep: int = 0, comp: int = 0) -> Location:
-        return Location(self.segs[i].id, self.seq[i], fld, rep, comp)
+        return Location(self.ids[i], self.seq[i], fld, rep, comp)
 
     def add(self, key_idx: int, key_field: int, code: int, sev: Severity, loc: Location,
             text: str, app: int | None, rule: str) -> None:
         self.found.append(((key_idx, key_field, len(self.found)),
                            Issue(code, sev, loc, text, app, rule)))
+
+    def _reject_instance(self, inst: GroupNode, key_idx: int) -> None:
+        """A group instance lost a required member: drop it, and climb while it is R."""
+        if inst is self.root:
+            self.rejected = True
+            return
+        self.dropped.update(inst.segment_indexes())
+        up = self.parent.get(id(inst))
+        if up is not None and up[1].usage == "R" and up[1].min >= 1:
+            parent_inst = up[0]
+            if parent_inst is self.root:
+                self.rejected = True
+            else:
+                self._reject_instance(parent_inst, key_idx)
+
+
+class _Shape(_State):
+    """Everything that follows from the sequence of segment ids alone, computed once per shape.
+
+    Grammar placement, Z/sequence/X/missing-segment findings and the rejections they cause
+    depend only on the ids, and a registry sees few distinct shapes (a VXU with 1-3 order
+    groups...), so `Validator` keeps these by (profile, ids) and a message run starts from a
+    copy instead of matching the grammar again. Work lists for the later passes (which
+    segments to check with which rules, group instances, OBX numbering) are derived here too.
+    """
+
+    def __init__(self, v: Validator, p: CompiledProfile, ids: tuple[str, ...]) -> None:
+        counts: dict[str, int] = {}
+        seq = []
+        for sid in ids:
+            counts[sid] = counts.get(sid, 0) + 1
+            seq.append(counts[sid])
+        super().__init__(ids, tuple(seq))
+        self.v, self.p = v, p
+        self.placed: dict[int, tuple[GrammarNode, GroupNode]] = {}
+        self.root = GroupNode(p.grammar.group)
+        self._structure()
+        self.found_t = tuple(self.found)
+        self.dropped_f = frozenset(self.dropped)
+        placed = sorted(self.placed.items())
+        self.order = tuple(i for i, _ in placed)
+        # (index, rules, plan) of every placed segment the field pass checks
+        self.checks = tuple((i, p.segments[n.flavour], v.plans[p.id][n.flavour])
+                            for i, (n, _g) in placed
+                            if i not in self.dropped and n.flavour in p.segments)
+        self.set_ids: dict[str, tuple[int, ...]] = {}
+        for i, (n, _g) in placed:
+            self.set_ids[n.flavour] = (*self.set_ids.get(n.flavour, ()), i)
+        self.pid = next((i for i, (n, _g) in self.placed.items() if n.segment == "PID"), None)
+        self.rxa_orc = tuple((i, n.segment, inst) for i, (n, inst) in placed
+                             if n.segment in ("RXA", "ORC"))
+        self.members: dict[int, tuple[int, ...]] = {}
+        self.groups: list[tuple[GroupNode, tuple[Statement, ...]]] = []
+        self._walk(p.grammar, self.root)
+        self.obx = tuple(i for i in self.order if ids[i] == "OBX")
+        self.obx_restart = self._obx_restart()
+        self.orders = tuple(
+            tuple(self.indexes(it) for it in self.root.children.get(ch.position, [])
+                  if isinstance(it, GroupNode))
+            for ch in p.grammar.children if ch.group in ("ORDER", "IZ_HISTORY_FORECAST"))
+
+    def indexes(self, inst: GroupNode) -> tuple[int, ...]:
+        """Sorted segment indexes of a group instance (memoised: the tree never changes)."""
+        got = self.members.get(id(inst))
+        if got is None:
+            got = self.members[id(inst)] = tuple(inst.segment_indexes())
+        return got
+
+    def _walk(self, g: GrammarNode, inst: GroupNode) -> None:
+        """Group instances in the order the statement pass visits them."""
+        self.indexes(inst)
+        self.groups.append((inst, self.p.group_statements.get(g.group, ())))
+        for ch in g.children:
+            for item in inst.children.get(ch.position, []):
+                if isinstance(item, GroupNode):
+                    self._walk(ch, item)
+
+    def _obx_restart(self) -> tuple[str, ...]:
+        """NIST-01's per-group numbering of the OBX segments (OBX-1 restarting per group)."""
+        expected = []
+        last_group = None
+        n = 0
+        for i in self.obx:
+            _node, inst = self.placed[i]
+            order = self.parent.get(id(inst), (None, None))[0]
+            if order is not last_group:
+                n, last_group = 0, order
+            n += 1
+            expected.append(str(n))
+        return tuple(expected)
 
     # -- structure -----------------------------------------------------------------------
     def _match(self, g: GrammarNode, seq: list[tuple[int, str]], pos: int, inst: GroupNode,
@@ -154,16 +247,16 @@ class _Run:
             counts[hit] += 1
         return pos
 
-    def structure(self) -> None:
+    def _structure(self) -> None:
         active: list[tuple[int, str]] = []
-        for i, s in enumerate(self.segs):
-            if i and s.id.startswith("Z"):
+        for i, sid in enumerate(self.ids):
+            if i and sid.startswith("Z"):
                 self.dropped.add(i)
                 self.add(i, 0, ACCEPTED, INFO, self.loc(i),
-                         f"{s.id} is a local Z-segment not used by profile {self.p.id}: ignored",
+                         f"{sid} is a local Z-segment not used by profile {self.p.id}: ignored",
                          DATA_IGNORED, "segment.Z")
             else:
-                active.append((i, s.id))
+                active.append((i, sid))
         known = self.v.ids[self.p.id]
         while True:
             root = GroupNode(self.p.grammar.group)
@@ -207,27 +300,47 @@ class _Run:
                      f"from the {where}", REQUIRED_DATA_MISSING, "segment.required")
             self._reject_instance(inst, anchor)
 
+
+class _Run(_State):
+    """The state of validating one message against one compiled profile."""
+
+    def __init__(self, v: Validator, p: CompiledProfile, message: Message, today: date | None,
+                 shape: _Shape) -> None:
+        super().__init__(shape.ids, shape.seq)
+        self.v, self.p, self.today, self.shape = v, p, today, shape
+        self.segs = message.segments
+        self.found = list(shape.found_t)
+        self.dropped = set(shape.dropped_f)
+        self.rejected = shape.rejected
+        self.placed, self.parent, self.root = shape.placed, shape.parent, shape.root
+        self.emptied: set[tuple[int, int]] = set()
+        self.r_empty: dict[int, int] = {}  # segment index -> first empty R field
+
     # -- fields --------------------------------------------------------------------------
     def fields(self) -> None:
-        for i, (node, _inst) in sorted(self.placed.items()):
-            if i in self.dropped:
+        fast = self.segs[0].delimiters == DEFAULT_DELIMITERS
+        segs = self.segs
+        for i, rules, plan in self.shape.checks:
+            seg = segs[i]
+            if fast and plan.clean(seg.raw, seg.fields):
                 continue
-            rules = self.p.segments.get(node.flavour)
-            if rules is not None:
-                self._segment(i, rules)
+            self._segment(i, rules)
 
-    def _usage(self, rule: FieldRule | ComponentRule, node: SegNode | RepNode) -> str:
+    @staticmethod
+    def _usage(rule: FieldRule | ComponentRule, context: list[str] | str, d: Delimiters) -> str:
+        """The usage in force: a C element's predicate over its segment's fields (FieldRule)
+        or over the raw repetition it is a component of (ComponentRule)."""
         if rule.usage != "C":
             return rule.usage
         if rule.predicate is None:
             return "O"
         cond, true_usage, false_usage = rule.predicate
-        return true_usage if cond(node, self.segs) else false_usage
+        return true_usage if cond(context, d) else false_usage
 
     def _segment(self, i: int, rules: SegmentRules) -> None:
         seg = self.segs[i]
         d = seg.delimiters
-        node = SegNode(seg)
+        fields = seg.fields
         sid = seg.id
         nfields = seg.field_count
         blank = d.component + d.subcomponent + d.repetition
@@ -237,7 +350,7 @@ class _Run:
                 # an empty field matters only if it is (or may become) R
                 if r.usage not in ("R", "C"):
                     continue
-                usage = self._usage(r, node)
+                usage = self._usage(r, fields, d)
                 if usage == "R":
                     rule = r.rule or RULE_ALIASES.get((sid, r.n)) or (
                         "usage.C" if r.usage == "C" else "usage.R")
@@ -248,7 +361,7 @@ class _Run:
                     if sid != "MSH":
                         self.r_empty.setdefault(i, r.n)
                 continue
-            usage = self._usage(r, node)
+            usage = self._usage(r, fields, d)
             if usage == "X":
                 self.emptied.add((i, r.n))
                 self.add(i, r.n, ACCEPTED, W, self.loc(i, r.n),
@@ -322,15 +435,16 @@ class _Run:
                     comps: tuple[ComponentRule, ...]) -> tuple[int, int, str, int] | None:
         sid = seg.id
         parts = seg.components(r.n, rep_no)
-        node = RepNode(seg, r.n, rep_no)
-        sub = seg.delimiters.subcomponent
+        rep = seg.repetitions(r.n)[rep_no - 1]
+        d = seg.delimiters
+        sub = d.subcomponent
         for c in comps:
             text = parts[c.n - 1] if c.n <= len(parts) else ""
             value = text.split(sub, 1)[0] if sub in text else text
             if not text.strip(sub):
                 if c.usage not in ("R", "C"):
                     continue
-                if self._usage(c, node) == "R":
+                if self._usage(c, rep, d) == "R":
                     sev = Severity(c.severity)
                     self.add(i, r.n, REQUIRED_MISSING, sev, self.loc(i, r.n, rep_no, c.n),
                              f"{sid}-{r.n}.{c.n} ({c.name}) is required when {sid}-{r.n} "
@@ -384,60 +498,58 @@ class _Run:
         dts = self.p.datatype_statements
         if not dts:
             return
+        d = seg.delimiters
         for r in rules.fields:
             sts = dts.get(r.flavour)
             if not sts or (i, r.n) in self.emptied:
                 continue
-            for rep_no in range(1, len(seg.repetitions(r.n)) + 1):
-                node = RepNode(seg, r.n, rep_no)
+            for rep_no, rep in enumerate(seg.repetitions(r.n), start=1):
                 for st in sts:
-                    if st.check is None or (st.guard is not None and not st.guard(node, self.segs)):
+                    # check first: it passes far more often than the guard is false
+                    if st.check is None or st.check(rep, d) or (
+                            st.guard is not None and not st.guard(rep, d)):
                         continue
-                    if not st.check(node, self.segs):
-                        comp = parse_path(st.target)[0][0] if st.target else 0
-                        self._statement_issue(i, st, r.n, comp, rep_no)
+                    self._statement_issue(i, st, r.n, st.target_first, rep_no)
 
     def statements(self) -> None:
-        for i, (node, _inst) in sorted(self.placed.items()):
-            if i in self.dropped:
+        segs, dropped = self.segs, self.dropped
+        for i, rules, _plan in self.shape.checks:
+            if i in dropped or not rules.statements:
                 continue
-            rules = self.p.segments.get(node.flavour)
-            if rules is None:
-                continue
-            sn = SegNode(self.segs[i])
+            seg = segs[i]
+            fields, d = seg.fields, seg.delimiters
             for st in rules.statements:
                 if st.check is None:
                     if st.kind == "SetID":
-                        self._set_id(i, st, node.flavour)
+                        self._set_id(i, st, rules.flavour)
                     continue
-                if st.guard is not None and not st.guard(sn, self.segs):
+                # check first: it passes far more often than the guard is false
+                if st.check(fields, d) or (st.guard is not None and not st.guard(fields, d)):
                     continue
-                if not st.check(sn, self.segs):
-                    self._statement_issue(i, st, parse_path(st.target)[0][0])
-        self._groups(self.p.grammar, self.root)
+                self._statement_issue(i, st, st.target_first)
+        self._groups()
 
     def _set_id(self, i: int, st: Statement, flavour: str) -> None:
-        fld = parse_path(st.target)[0][0]
-        same = [j for j, (n, _g) in sorted(self.placed.items()) if n.flavour == flavour]
-        want = str(same.index(i) + 1)
+        fld = st.target_first
+        want = str(self.shape.set_ids[flavour].index(i) + 1)
         if self.segs[i].value(fld) not in ("", want):
             self._statement_issue(i, st, fld)
 
-    def _groups(self, g: GrammarNode, inst: GroupNode) -> None:
-        for st in self.p.group_statements.get(g.group, ()):
-            if st.check is None or set(inst.segment_indexes()) & self.dropped:
-                if st.kind == "IMPLY" and st.id == "IZ-24":
-                    self._vis(inst)
+    def _groups(self) -> None:
+        dropped = self.dropped
+        for inst, sts in self.shape.groups:
+            if not sts:
                 continue
-            if not st.check(inst, self.segs):
-                i, fld = self._group_target(inst, st.target)
-                self._statement_issue(i, st, fld)
-        for ch in g.children:
-            for item in inst.children.get(ch.position, []):
-                if isinstance(item, GroupNode):
-                    self._groups(ch, item)
-        if inst is self.root:
-            self._obx_set_ids()
+            lost = not dropped.isdisjoint(self.shape.indexes(inst))
+            for st in sts:
+                if st.check is None or lost:
+                    if st.kind == "IMPLY" and st.id == "IZ-24":
+                        self._vis(inst)
+                    continue
+                if not st.check(inst, self.segs):
+                    i, fld = self._group_target(inst, st.target)
+                    self._statement_issue(i, st, fld)
+        self._obx_set_ids()
 
     def _group_target(self, inst: GroupNode, target: str) -> tuple[int, int]:
         steps = parse_path(target)
@@ -475,23 +587,13 @@ class _Run:
 
     def _obx_set_ids(self) -> None:
         """NIST-01: OBX-1 numbered 1.. through the message or restarting in each group."""
-        obx = [i for i in sorted(self.placed) if self.segs[i].id == "OBX"]
+        obx = self.shape.obx
         if not obx:
             return
         ids = [self.segs[i].value(1) for i in obx]
-        if ids == [str(n) for n in range(1, len(ids) + 1)]:
+        if all(got == str(n) for n, got in enumerate(ids, start=1)):
             return
-        expected = []
-        last_group = None
-        n = 0
-        for i in obx:
-            _node, inst = self.placed[i]
-            order = self.parent.get(id(inst), (None, None))[0]
-            if order is not last_group:
-                n, last_group = 0, order
-            n += 1
-            expected.append(str(n))
-        for i, got, want in zip(obx, ids, expected, strict=True):
+        for i, got, want in zip(obx, ids, self.shape.obx_restart, strict=True):
             if got and got != want:
                 self.add(i, 1, APPLICATION_ERROR, W, self.loc(i, 1),
                          "NIST-01: OBX-1 is not numbered sequentially from 1 "
@@ -502,7 +604,7 @@ class _Run:
     def business(self) -> None:
         if self.p.id != "Z22" or self.today is None:
             return
-        pid = next((i for i, (n, _g) in self.placed.items() if n.segment == "PID"), None)
+        pid = self.shape.pid
         dob = None
         if pid is not None and pid not in self.dropped and (pid, 7) not in self.emptied:
             s = self.segs[pid]
@@ -519,10 +621,12 @@ class _Run:
                          "Death date (PID-29) is before the birth date: ignored",
                          ILLOGICAL_DATE, "business.death_before_birth")
                 self.emptied.add((pid, 29))
-        for i, (node, inst) in sorted(self.placed.items()):
-            if node.segment == "RXA" and i not in self.dropped:
+        for i, sid, inst in self.shape.rxa_orc:
+            if i in self.dropped:
+                continue
+            if sid == "RXA":
                 self._rxa(i, dob, inst)
-            elif node.segment == "ORC" and i not in self.dropped:
+            else:
                 self._obx_subids(inst)
 
     def _rxa(self, i: int, dob: date | None, inst: GroupNode) -> None:
@@ -561,7 +665,7 @@ class _Run:
 
     def _obx_subids(self, order: GroupNode) -> None:
         seen: dict[tuple[str, str], int] = {}
-        for j in order.segment_indexes():
+        for j in self.shape.indexes(order):
             s = self.segs[j]
             if s.id != "OBX" or j in self.dropped:
                 continue
@@ -574,20 +678,6 @@ class _Run:
             seen[key] = j
 
     # -- propagation ---------------------------------------------------------------------
-    def _reject_instance(self, inst: GroupNode, key_idx: int) -> None:
-        """A group instance lost a required member: drop it, and climb while it is R."""
-        if inst is self.root:
-            self.rejected = True
-            return
-        self.dropped.update(inst.segment_indexes())
-        up = self.parent.get(id(inst))
-        if up is not None and up[1].usage == "R" and up[1].min >= 1:
-            parent_inst = up[0]
-            if parent_inst is self.root:
-                self.rejected = True
-            else:
-                self._reject_instance(parent_inst, key_idx)
-
     def propagate(self) -> None:
         for i in sorted(self.r_empty):
             if i in self.dropped or i not in self.placed:
@@ -610,14 +700,14 @@ class _Run:
                      None, "propagation.segment")
             self._reject_instance(inst, i)
         # losing every ORDER group of a message that had some rejects the message
-        for ch in self.p.grammar.children:
-            if ch.group and ch.group in ("ORDER", "IZ_HISTORY_FORECAST"):
-                items = [it for it in self.root.children.get(ch.position, [])
-                         if isinstance(it, GroupNode)]
-                if items and all(set(it.segment_indexes()) <= self.dropped for it in items):
+        if self.dropped:
+            for items in self.shape.orders:
+                if items and all(self.dropped.issuperset(it) for it in items):
                     self.rejected = True
 
     def result(self) -> ValidationResult:
+        if not self.found and not self.dropped and not self.emptied:
+            return ValidationResult(self.p.id, (), self.rejected, _NONE, _NONE_FIELDS)
         overrides = self.v.overrides
         issues = []
         for _key, issue in sorted(self.found, key=lambda kv: kv[0]):
@@ -655,6 +745,23 @@ class Validator:
                 if g.group:
                     self.heads[id(g)] = _heads(g)
                 stack.extend(c for c in g.children if c.group)
+        self.plans: dict[str, dict[str, SegmentPlan]] = {
+            pid: {flavour: build_plan(rules, p.datatypes, p.datatype_statements)
+                  for flavour, rules in p.segments.items()}
+            for pid, p in self.profiles.items()}
+        self._shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
+
+    def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
+        key = (p.id, tuple(seg.id for seg in message.segments))
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = _Shape(self, p, key[1])
+            if len(self._shapes) >= SHAPE_CACHE_SIZE:
+                # arbitrary segment soup must not grow memory without bound; real traffic
+                # refills the few shapes it uses at once
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
 
     @classmethod
     def load(cls, profiles_dir: Path | None = None, overlay: str | None = "cair2",
@@ -696,8 +803,8 @@ class Validator:
             pid = self.pick_profile(message) if message.segments else ""
             if pid not in allowed:
                 return ValidationResult(pid, (), False, frozenset(), frozenset())
-            run = _Run(self, self.profiles[pid], message, today)
-            run.structure()
+            p = self.profiles[pid]
+            run = _Run(self, p, message, today, self._shape(p, message))
             run.fields()
             run.business()
             run.statements()
