@@ -38,6 +38,16 @@ def scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> M
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at write time (it may be replaced after set-up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> None:
     """Configure structlog once at start-up (`fmt` is "json" or "console")."""
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
@@ -52,7 +62,7 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
 
