@@ -90,30 +90,18 @@ class Segment:
         raw = self.field(number)
         if not raw:
             return ""
-        d = self.delimiters
         if self.id == "MSH" and number <= 2:
             return raw
-        if d.repetition in raw:
-            reps = raw.split(d.repetition)
-            if repetition > len(reps):
+        d = self.delimiters
+        for sep, index in ((d.repetition, repetition), (d.component, component),
+                           (d.subcomponent, subcomponent)):
+            if sep in raw:
+                parts = raw.split(sep)
+                if index > len(parts):
+                    return ""
+                raw = parts[index - 1]
+            elif index != 1:
                 return ""
-            raw = reps[repetition - 1]
-        elif repetition != 1:
-            return ""
-        if d.component in raw:
-            comps = raw.split(d.component)
-            if component > len(comps):
-                return ""
-            raw = comps[component - 1]
-        elif component != 1:
-            return ""
-        if d.subcomponent in raw:
-            subs = raw.split(d.subcomponent)
-            if subcomponent > len(subs):
-                return ""
-            raw = subs[subcomponent - 1]
-        elif subcomponent != 1:
-            return ""
         return unescape(raw, d) if d.escape in raw else raw
 
     def components(self, number: int, repetition: int = 1) -> list[str]:
