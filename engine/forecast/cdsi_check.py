@@ -18,10 +18,12 @@ How expectations are compared (documented here because the workbook leaves room)
   compared.
 * When a vaccine group has several vaccine group forecasts (risk and standard best series in
   non-equivalent series groups, or several standard series groups such as childhood and 50+
-  pneumococcal), the one compared is chosen without looking at the expectation: risk
-  forecasts supersede standard ones (the patient's condition drives the recommendation);
-  among the rest, a "Not Complete" forecast with the earliest earliest date, otherwise the
-  most conclusive status (Complete before Immune, Contraindicated, ..., Aged Out).
+  pneumococcal), the one compared is chosen without looking at the expectation: an "Aged
+  Out" forecast is set aside when another forecast of the group is not Aged Out (it only says
+  that one path is closed); then risk forecasts supersede standard ones (the patient's
+  condition drives the recommendation); among the rest, a "Not Complete" forecast with the
+  earliest earliest date, otherwise the most conclusive status (Complete before Immune,
+  Contraindicated, ..., Aged Out).
 * A case passes only when its evaluation and its forecast both pass.
 """
 
@@ -42,6 +44,7 @@ from engine.forecast.model import (
     ForecastResult,
     Observation,
     PatientFacts,
+    SeriesStatus,
     VaccineGroupForecast,
 )
 from engine.forecast.schedule import Schedule, default_schedule
@@ -158,6 +161,11 @@ def _combined_status(statuses: Sequence[str]) -> str:
 def _pick_forecast(forecasts: Sequence[VaccineGroupForecast]) -> VaccineGroupForecast | None:
     if not forecasts:
         return None
+    # An Aged Out forecast says only that one path can no longer be followed; when another
+    # forecast of the group still says something about the patient, that one is shown (the
+    # rule the engine applies between series groups of the same type, extended across types).
+    live = [f for f in forecasts if f.status != SeriesStatus.AGED_OUT]
+    forecasts = live or forecasts
     risk = [f for f in forecasts if f.series_type == "Risk"]
     forecasts = risk or forecasts
     open_ = [f for f in forecasts if f.earliest is not None]

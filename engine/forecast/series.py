@@ -74,7 +74,16 @@ def _completable(s: ScoredSeries) -> bool:
 def _scorable(group: Sequence[ScoredSeries]) -> list[ScoredSeries]:
     all_contra = all(s.status == SeriesStatus.CONTRAINDICATED for s in group)
     candidates = [s for s in group if s.status != SeriesStatus.CONTRAINDICATED or all_contra]
-    best_priority = min((s.priority for s in group), default="A")
+    # SELECTSCORE-2 keeps a risk series whose priority is the same as or greater than that of
+    # the others in its series group (8.1: "only the set of highest priority patient series").
+    # The priorities compared are those of series that are still a path to immunity: like a
+    # Contraindicated series (SELECTB-24), a series the patient has aged out of (table 7-10,
+    # "should not receive another dose") cannot be the series the patient follows, so it does
+    # not shut out a lower-priority series that can still be given (e.g. the Meningococcal
+    # 2-23 month infant series for an adult, who gets the priority-B 1-dose series). When every
+    # risk series is aged out (or contraindicated), all of them are compared as before.
+    live = [s for s in candidates if _is_risk(s) and s.status != SeriesStatus.AGED_OUT]
+    best_priority = min((s.priority for s in (live or group)), default="A")
     no_valid = all(s.valid_count == 0 for s in group)
     has_default = any(s.default and s.can_start for s in group)
     out: list[ScoredSeries] = []

@@ -127,3 +127,32 @@ def test_doses_after_assessment_date_are_ignored() -> None:
     """A dose dated after the assessment date is not part of the history being assessed."""
     result = _run([(date(2025, 6, 1), "08")], BORN)
     assert not [e for e in result.evaluations if e.antigen == "HepB"]
+
+
+def test_aged_out_higher_priority_risk_series_does_not_shut_out_a_lower_one() -> None:
+    """An adult at risk in a meningococcal outbreak (070) is due the priority-B 1-dose series.
+
+    The priority-A infant series (2-23 month, Hib-MenCY-TT) are aged out, so they do not keep
+    the 1-dose series from being scored (SELECTSCORE-2 compared with SELECTB-24).
+    """
+    result = _run([], date(2016, 8, 30), born=date(1956, 3, 7), codes=("070",))
+    men = [f for f in result.forecasts_for("Meningococcal") if f.series_type == "Risk"]
+    assert [(f.status, f.forecast_dose_number, f.earliest) for f in men] == [
+        (SeriesStatus.NOT_COMPLETE, 1, date(1958, 3, 7))
+    ]
+
+
+def test_higher_priority_risk_series_in_process_wins_over_lower_priority() -> None:
+    """A 74-year-old dialysis patient (032) follows the priority-A dialysis series, not the
+    priority-B 60+ series, even when the 60+ series is already complete."""
+    doses = [
+        (date(2021, 12, 1), "43"),
+        (date(2021, 12, 29), "43"),
+        (date(2022, 1, 26), "43"),
+        (date(2022, 5, 26), "43"),
+    ]
+    result = _run(doses, date(2022, 5, 26), born=date(1947, 2, 13), codes=("032",))
+    hepb = [f for f in result.forecasts_for("HepB") if f.series_type == "Risk"]
+    assert [(f.status, f.forecast_dose_number, f.earliest) for f in hepb] == [
+        (SeriesStatus.NOT_COMPLETE, 5, date(2023, 5, 26))
+    ]
