@@ -112,7 +112,7 @@ def ndc11(raw: str) -> str:
 class _View:
     """A segment plus its message position; emptied fields read as empty."""
 
-    __slots__ = ("emptied", "index", "segment", "sequence")
+    __slots__ = ("emptied", "index", "segment", "sequence", "trees")
 
     def __init__(self, segment: Segment, index: int, sequence: int,
                  emptied: frozenset[tuple[int, int]]) -> None:
@@ -120,19 +120,24 @@ class _View:
         self.index = index
         self.sequence = sequence
         self.emptied = emptied
+        # Several attributes read the same field (RXA-5 feeds the product, CVX, NDC, CPT):
+        # split it once per message.
+        self.trees: dict[int, list[list[list[str]]]] = {}
 
     def _hidden(self, field_no: int) -> bool:
         return bool(self.emptied) and (self.index, field_no) in self.emptied
 
     def value(self, field_no: int, comp: int = 1, sub: int = 1, rep: int = 1) -> str:
-        if self._hidden(field_no):
-            return ""
-        return self.segment.value(field_no, comp, sub, rep)
+        reps = self.tree(field_no)
+        return _leaf(reps[rep - 1], comp, sub) if rep <= len(reps) else ""
 
     def tree(self, field_no: int) -> list[list[list[str]]]:
-        if self._hidden(field_no) or not self.segment.field(field_no):
-            return []
-        return self.segment.field_tree(field_no)
+        found = self.trees.get(field_no)
+        if found is None:
+            found = self.trees[field_no] = (
+                [] if self._hidden(field_no) or not self.segment.field(field_no)
+                else self.segment.field_tree(field_no))
+        return found
 
 
 Context = Mapping[str, _View]

@@ -11,8 +11,8 @@ Threads: all store writes go through one group-commit writer (engine.store.write
 runs whatever messages are waiting in one transaction — a savepoint each — and commits them
 together. The pipeline threads (8 on either backend) parse, validate, map and plan in
 parallel and wait for their batch's commit; the more of them wait, the more one fsync
-covers. SQLite allows one writer anyway; on PostgreSQL one writer connection also keeps
-each batch's subtransactions and locks in one backend. `close` drains the writer, then
+covers. SQLite allows one writer anyway; PostgreSQL gets two writer threads (each its own
+connection and batch) so one batch's network waits overlap the other's work. `close` drains the writer, then
 disposes of the pool.
 """
 
@@ -36,6 +36,8 @@ REGISTRY_AUTHORITY = "CAIR2"
 PIPELINE_THREADS = 8
 # PostgreSQL: stay under the 64 cached subtransactions per backend (engine.store.writer).
 MAX_BATCH = {"sqlite": 64, "postgresql": 32}
+# SQLite has one writer whatever we do; PostgreSQL overlaps round trips of two batches.
+WRITERS = {"sqlite": 1, "postgresql": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,13 @@ class StoreBundle:
 
 def build_handlers(database_url: str, metrics: Metrics, *,
                    registry_authority: str = REGISTRY_AUTHORITY,
-                   keep_payload: bool = True) -> StoreBundle:
+                   keep_payload: bool = True, pipeline_threads: int | None = None,
+                   writers: int | None = None) -> StoreBundle:
     """Open the store at `database_url` and build the VXU handler and journal over it."""
     from engine.handlers.vxu import StoreMetrics, VxuHandler
 
     sqlite = is_sqlite(database_url)
-    threads = PIPELINE_THREADS
+    threads = pipeline_threads or PIPELINE_THREADS
     engine = make_engine(database_url, pool_size=threads + 2)
     try:
         if sqlite:
@@ -79,6 +82,7 @@ def build_handlers(database_url: str, metrics: Metrics, *,
                          registry_authority=registry_authority)
     store_metrics = StoreMetrics.create(metrics.registry)
     writer = GroupCommitter(engine, max_batch=MAX_BATCH.get(engine.dialect.name, 32),
+                            writers=writers or WRITERS.get(engine.dialect.name, 1),
                             on_batch=store_metrics.batch_messages.observe)
     handler = VxuHandler(intake, writer, mapper, store_metrics, keep_payload=keep_payload)
     journal = StoreJournal(repository, keep_payload=keep_payload, writer=writer,

@@ -142,7 +142,8 @@ class VxuHandler:
                log_row: dict[str, object], respond: Respond) -> _Outcome:
         started = time.perf_counter()
         conn = tx.connection
-        stored = self.intake.replay(conn, str(log_row["sender"]), str(log_row["replay_key"]))
+        stored = self.intake.replay(tx, str(log_row["sender"]), str(log_row["replay_key"]),
+                                    plan)
         if stored is not None:
             digest, response = stored
             if digest != log_row["content_sha256"]:

@@ -7,11 +7,12 @@ as a second line of defence (asserted by tests/test_no_phi.py).
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import traceback
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -38,7 +39,7 @@ def scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> M
     return event_dict
 
 
-class _CurrentStderr:
+class _CurrentStderr(io.TextIOBase):
     """Writes to whatever sys.stderr is at write time (it may be replaced after set-up)."""
 
     def write(self, text: str) -> int:
@@ -62,7 +63,8 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or _CurrentStderr()),
+        logger_factory=structlog.PrintLoggerFactory(
+            stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
 

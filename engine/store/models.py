@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -34,6 +34,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -284,6 +285,11 @@ class MessageLog(Base):
                       Index("ix_message_log_received", "received_at"))
 
 
+def table(model: type[Base]) -> Table:
+    """A model's Core table, typed as one (for statements built outside the ORM)."""
+    return cast(Table, model.__table__)
+
+
 __all__ = ["Base", "EventKey", "EventObservation", "ImmunizationEvent", "MessageLog",
            "Organization", "Patient", "PatientAddress", "PatientCode", "PatientIdentifier",
-           "PatientName", "PatientPhone", "PatientSetting", "ResponsiblePerson"]
+           "PatientName", "PatientPhone", "PatientSetting", "ResponsiblePerson", "table"]

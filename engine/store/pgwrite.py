@@ -31,15 +31,15 @@ _SETTING = ("publicity_code", "publicity", "publicity_date", "protection", "prot
             "registry_status", "registry_status_date")
 # Parts: (CTE/parameter name, table, JSON columns, roles the replace deletes, or None = all)
 _PARTS: tuple[tuple[str, Table, tuple[str, ...]], ...] = (
-    ("names", m.PatientName.__table__, ("role", "position", "family", "given", "middle",
+    ("names", m.table(m.PatientName), ("role", "position", "family", "given", "middle",
                                         "suffix", "prefix", "type_code")),
-    ("addresses", m.PatientAddress.__table__, ("position", "street", "other", "city", "state",
+    ("addresses", m.table(m.PatientAddress), ("position", "street", "other", "city", "state",
                                                "zip", "country", "type_code", "county")),
-    ("phones", m.PatientPhone.__table__, ("position", "use", "equipment", "email",
+    ("phones", m.table(m.PatientPhone), ("position", "use", "equipment", "email",
                                           "country_code", "area", "number", "extension")),
-    ("codes", m.PatientCode.__table__, ("role", "position", "code", "text", "system",
+    ("codes", m.table(m.PatientCode), ("role", "position", "code", "text", "system",
                                         "alt_code", "alt_text", "alt_system")),
-    ("nk1", m.ResponsiblePerson.__table__, ("position", "relationship_code", "detail")),
+    ("nk1", m.table(m.ResponsiblePerson), ("position", "relationship_code", "detail")),
 )
 _IDENT = ("scope", "authority", "type_code", "value", "position")
 
@@ -67,9 +67,9 @@ class PatientStatements:
     """The two statements: create a patient with everything, or update one with everything."""
 
     def __init__(self, dialect: Dialect) -> None:
-        ident = m.PatientIdentifier.__table__
-        setting = m.PatientSetting.__table__
-        pat = m.Patient.__table__
+        ident = m.table(m.PatientIdentifier)
+        setting = m.table(m.PatientSetting)
+        pat = m.table(m.Patient)
         set_rs = _recordset("setting", setting, _SETTING, dialect)
         upsert = ", ".join(f'"{c}" = excluded."{c}"' for c in (*_SETTING, "updated_at"))
 

@@ -99,15 +99,15 @@ class Repository:
         self.dialect = engine.dialect.name
         self.vaccine_groups = vaccine_groups
         self.registry_authority = registry_authority
-        ident = m.PatientIdentifier.__table__.c
+        ident = m.table(m.PatientIdentifier).c
         self._sel_ident = select(ident.patient_id).where(
             ident.scope == bindparam("scope"), ident.authority == bindparam("authority"),
             ident.type_code == bindparam("type_code"), ident.value == bindparam("value"))
-        pat = m.Patient.__table__.c
+        pat = m.table(m.Patient).c
         self._sel_demo = select(pat.id).where(
             pat.birth_date == bindparam("birth_date"), pat.family_norm == bindparam("family"),
             pat.given_norm == bindparam("given"))
-        table = m.MessageLog.__table__
+        table = m.table(m.MessageLog)
         self._log_insert = insert(table).returning(table.c.id)
         self._log_precompiled = Precompiled(insert(table).inline(), engine.dialect,
                                             [c.name for c in table.columns if c.name != "id"])
@@ -311,5 +311,5 @@ class Repository:
             rows = session.execute(select(m.MessageLog).where(
                 m.MessageLog.sender == sender, m.MessageLog.control_id == control_id)
                 .order_by(m.MessageLog.id)).scalars()
-            return [{c.name: getattr(r, c.key) for c in m.MessageLog.__table__.columns}
+            return [{c.name: getattr(r, c.key) for c in m.table(m.MessageLog).columns}
                     for r in rows]

@@ -4,32 +4,50 @@ Why: a durable commit costs an fsync (SQLite WAL with synchronous=FULL, PostgreS
 synchronous_commit=on). One commit per message caps intake at the disk's fsync rate and, on
 SQLite, serialises every writer on the database lock. Here callers (pipeline threads)
 `submit` a unit of work and block; the writer takes whatever is waiting (up to `max_batch`,
-optionally lingering `linger_s` for more), and runs:
+optionally lingering `linger_s` for more), and runs it optimistically, then carefully:
 
-    BEGIN                      (SQLite: BEGIN IMMEDIATE, see engine.store.db)
-      SAVEPOINT iz_msg ; work(message 1) ; RELEASE SAVEPOINT iz_msg
-      SAVEPOINT iz_msg ; work(message 2) ; RELEASE SAVEPOINT iz_msg
+    BEGIN ; work(1) ; work(2) ; ... ; COMMIT          (SQLite: BEGIN IMMEDIATE, engine.store.db)
+
+    -- only if some work(i) raised: ROLLBACK, then, without message i (or with it, when its
+    -- failure was a retryable one), each message in its own savepoint:
+    BEGIN
+      SAVEPOINT iz_msg ; work(1) ; RELEASE SAVEPOINT iz_msg
+      SAVEPOINT iz_msg ; work(2) ; RELEASE SAVEPOINT iz_msg   (or ROLLBACK TO SAVEPOINT)
       ...
     COMMIT
 
-and only after COMMIT returns hands each caller its result. So:
+and only after COMMIT returns hands each caller its result. Failures are rare, and a
+savepoint costs two statements (on PostgreSQL two round trips, a fifth of a VXU's), so the
+common batch has none. So:
 
-* each message is still all-or-nothing: a unit of work that raises is rolled back to its own
-  savepoint (the rest of the batch carries on) and its caller gets the exception;
+* each message is still all-or-nothing: a unit of work that raises is rolled back (the whole
+  first pass, or its own savepoint in the careful pass — the rest of the batch carries on)
+  and its caller gets the exception;
 * an IntegrityError or a deadlock/serialization failure (a concurrent engine claimed the same
-  key) rolls back that message's savepoint and runs it again, up to `max_attempts` times —
-  the re-run sees what the other transaction committed;
+  key) runs that message again, up to `max_attempts` times — the re-run sees what the other
+  transaction committed;
 * when the batch cannot continue (a savepoint cannot be rolled back: the connection is gone)
   or COMMIT fails, nothing of the batch is stored and *every* caller gets `BatchAborted`,
   which the handlers answer AR 207 ("retry"); no result is ever released before COMMIT, so
   nothing is acknowledged that was not stored;
 * callbacks registered with `Tx.after_commit` (e.g. caching a new organization's id) run only
-  for messages whose savepoint was released and whose batch committed.
+  for messages whose work was kept (last run succeeded) and whose batch committed. A unit of
+  work may run more than once; it must keep its effects inside the transaction or behind
+  `after_commit`.
+
+Each writer thread keeps its connection between batches (a checkout with its liveness ping
+costs several round trips, more than a small batch's statements); one idle for longer than
+`idle_recheck_s`, or one a batch failed on, goes back to the pool and the next batch checks a
+fresh one out. `writers` > 1 (PostgreSQL) runs that many writer threads on the same queue,
+each with its own connection and batch, so one batch's network waits overlap another's work.
+Two batches' locks can then deadlock (PostgreSQL detects it and fails one statement); that
+message is re-run like any other retryable failure.
 
 Invariants across processes still live in the database (unique constraints, row and advisory
 locks): a batch is an ordinary transaction. PostgreSQL batches are capped below 64 messages
-because each released savepoint that wrote rows is a subtransaction, and more than 64 per
-transaction overflow the backend's subtransaction cache and slow every other snapshot.
+because in the careful pass each released savepoint that wrote rows is a subtransaction, and
+more than 64 per transaction overflow the backend's subtransaction cache and slow every
+other snapshot.
 """
 
 from __future__ import annotations
@@ -64,6 +82,8 @@ class Tx:
 
     connection: Connection
     attempt: int = 0
+    # Per-attempt notes of the unit of work itself (e.g. which locks it already holds).
+    notes: dict[str, object] = field(default_factory=dict)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -97,18 +117,22 @@ class GroupCommitter:
     """A single writer thread that commits waiting units of work together (module docstring)."""
 
     def __init__(self, engine: Engine, *, max_batch: int = 32, linger_s: float = 0.0,
-                 max_attempts: int = 4, on_batch: Callable[[int], None] | None = None,
-                 name: str = "iz-store-writer") -> None:
+                 max_attempts: int = 4, writers: int = 1,
+                 on_batch: Callable[[int], None] | None = None,
+                 idle_recheck_s: float = 10.0, name: str = "iz-store-writer") -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.linger_s = linger_s
         self.max_attempts = max(1, max_attempts)
         self.on_batch = on_batch
+        self.idle_recheck_s = idle_recheck_s
         self._queue: collections.deque[_Job[Any]] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, writers))]
+        for thread in self._threads:
+            thread.start()
 
     # --- callers ---
 
@@ -133,8 +157,9 @@ class GroupCommitter:
         """Finish what is queued, then stop the writer thread."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join()
+            self._cv.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     # --- the writer thread ---
 
@@ -155,44 +180,87 @@ class GroupCommitter:
             return [self._queue.popleft() for _ in range(count)]
 
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                self._run_batch(batch)
-            except BaseException as exc:  # never leave a caller waiting, whatever happened
-                for job in batch:
-                    if not job.done.is_set():
-                        job.error = BatchAborted(f"store batch failed ({type(exc).__name__})")
-                        job.done.set()
-                log.error("store.writer_failed", error=type(exc).__name__)
+        conn: Connection | None = None
+        last_used = 0.0
+        try:
+            while (batch := self._take()) is not None:
+                if conn is not None and time.monotonic() - last_used > self.idle_recheck_s:
+                    conn.close()  # back to the pool; the next checkout pings it
+                    conn = None
+                try:
+                    conn = self._run_batch(batch, conn)
+                except BaseException as exc:  # never leave a caller waiting, whatever happened
+                    for job in batch:
+                        if not job.done.is_set():
+                            job.error = BatchAborted(
+                                f"store batch failed ({type(exc).__name__})")
+                            job.done.set()
+                    log.error("store.writer_failed", error=type(exc).__name__)
+                    conn = None
+                last_used = time.monotonic()
+        finally:
+            if conn is not None:
+                conn.close()
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+    def _run_batch(self, batch: list[_Job[Any]],
+                   conn: Connection | None) -> Connection | None:
+        """Run and commit one batch; returns the connection to keep (None: it failed)."""
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        try:
-            conn = self.engine.connect()
-        except SQLAlchemyError as exc:
-            self._abort(batch, exc)
-            return
-        try:
+        if conn is None:
             try:
-                trans = conn.begin()
-                for job in batch:
-                    self._run_job(conn, job)
-                trans.commit()
-            except (SQLAlchemyError, _BatchBroken) as exc:
-                self._rollback(conn)
+                conn = self.engine.connect()
+            except SQLAlchemyError as exc:
                 self._abort(batch, exc)
-                return
-            for job in batch:
+                return None
+        pending = list(batch)
+        attempts = dict.fromkeys(map(id, batch), 0)
+        try:
+            # Optimistic first pass: no savepoints (two statements per message saved).
+            failed = self._run_plain(conn, pending, attempts)
+            if failed is not None:
+                culprit, error = failed
+                self._rollback(conn)
+                if _retryable(error) and attempts[id(culprit)] + 1 < self.max_attempts:
+                    attempts[id(culprit)] += 1
+                else:
+                    culprit.error = error
+                    pending.remove(culprit)
+                # The culprit is known; everyone else runs again, each in a savepoint now.
+                trans = conn.begin()
+                for other in pending:
+                    self._run_job(conn, other, attempts[id(other)])
+                trans.commit()
+        except (SQLAlchemyError, _BatchBroken) as exc:
+            self._rollback(conn)
+            conn.close()
+            self._abort([j for j in batch if not j.done.is_set()], exc)
+            return None
+        for job in batch:
+            if job.error is None:
                 for callback in job.callbacks:
                     callback()
-                job.done.set()
-        finally:
-            conn.close()
+            job.done.set()
+        return conn
 
-    def _run_job(self, conn: Connection, job: _Job[Any]) -> None:
+    def _run_plain(self, conn: Connection, jobs: list[_Job[Any]],
+                   attempts: dict[int, int]) -> tuple[_Job[Any], Exception] | None:
+        """Every job in one transaction without savepoints, then COMMIT; or the first job
+        that raised (the transaction is then unusable and must be rolled back)."""
+        trans = conn.begin()
+        for job in jobs:
+            tx = Tx(conn, attempts[id(job)])
+            try:
+                job.result = job.work(tx)
+            except Exception as exc:
+                return job, exc
+            job.callbacks = tx._after_commit
+        trans.commit()
+        return None
+
+    def _run_job(self, conn: Connection, job: _Job[Any], first_attempt: int = 0) -> None:
         last: BaseException | None = None
-        for attempt in range(self.max_attempts):
+        for attempt in range(first_attempt, self.max_attempts):
             tx = Tx(conn, attempt)
             conn.exec_driver_sql("SAVEPOINT iz_msg")
             try:
