@@ -243,7 +243,8 @@ class Pipeline:
 
         response = handler.handle(request, respond)
         self._timed("handle", t)
-        return response, str(outcome.get("code", "AA")), list(outcome.get("codes", []))
+        # A handler that answers without `respond` is replaying a stored response.
+        return response, str(outcome.get("code", "replay")), list(outcome.get("codes", []))
 
     def reject_oversize(self, head: bytes, size: int) -> bytes | None:
         """AR for a frame over the size limit, when its MSH can still be read."""

@@ -51,6 +51,17 @@ def test_retransmission_returns_identical_bytes_and_writes_nothing(registry: Reg
     assert registry.counts() == before
 
 
+def test_retransmissions_are_counted_as_replays(registry: Registry) -> None:
+    """A replayed response is counted as iz_messages{ack_code="replay"}, not as a new AA."""
+    message = vxu("C1")
+    registry.send(message)
+    registry.send(message)
+    metrics = registry.pipeline.metrics.registry
+    labels = {"message_type": "VXU^V04"}
+    assert metrics.get_sample_value("iz_messages_total", {**labels, "ack_code": "AA"}) == 1
+    assert metrics.get_sample_value("iz_messages_total", {**labels, "ack_code": "replay"}) == 1
+
+
 def test_same_control_id_other_content_is_205_and_stores_nothing(registry: Registry) -> None:
     """A reused MSH-10 with different content answers AE 205 and stores nothing."""
     registry.send(vxu("C1"))
