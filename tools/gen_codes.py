@@ -20,10 +20,11 @@ import csv
 import hashlib
 import io
 import json
-import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from engine.mapping import ndc11
 
 SOURCE = {
     "repository": "immregistries/codebase (folder cdc-source/, verbatim CDC downloads)",
@@ -42,18 +43,6 @@ ROUTE_HL70162_TO_NCIT = {
     "SC": ("C38299", "Subcutaneous"),
     "TD": ("C38305", "Transdermal"),
 }
-
-
-def ndc11(raw: str) -> str:
-    """An NDC in the 11-digit 5-4-2 form (dashes give the segment lengths; see engine.mapping)."""
-    raw = raw.strip()
-    if "-" in raw:
-        parts = raw.split("-")
-        if len(parts) == 3 and all(p.isdigit() for p in parts):
-            return parts[0].zfill(5) + parts[1].zfill(4) + parts[2].zfill(2)
-        return ""
-    digits = re.sub(r"\D", "", raw)
-    return digits if len(digits) == 11 else ""
 
 
 def _pipe_rows(path: Path) -> list[list[str]]:
