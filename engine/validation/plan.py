@@ -256,7 +256,11 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
                     conditional.append((n, cond, true_usage, false_usage, if_empty, if_valued))
             usage = "O"  # the shape allows both; `conditional` decides
         statements = datatype_statements.get(r.flavour, ())
-        parts.append(_field_pattern(r, r.components, r.datatype, n == dyn_n, usage))
+        # Atomic per field, ending at a field boundary: once a field has matched, a failure
+        # later in the segment cannot backtrack into it. Without this, runs of empty optional
+        # fields (each matchable two ways) made a late mismatch exponential in their number.
+        parts.append(f"(?>(?:{_field_pattern(r, r.components, r.datatype, n == dyn_n, usage)})"
+                     r"(?=\||\Z))")
         required.append(usage == "R")
         if n != dyn_n:
             check = _field_check(r, r.components, statements)
