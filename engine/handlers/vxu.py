@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from engine.errors import ApplicationInternalError, Issue
+from engine.errors import ApplicationInternalError, Issue, Location, Severity
 from engine.mapping import VxuMapper
 from engine.observability.logging import get_logger
 from engine.pipeline import Request, Respond
@@ -56,6 +56,8 @@ from engine.store.writer import BatchAborted, GroupCommitter, Tx
 
 log = get_logger("engine.handlers.vxu")
 
+VALUE_REJECTED_TEXT = ("A value is longer than the registry stores or contains a NUL byte; "
+                       "nothing was stored. Correct the message before resending it")
 STORE_UNAVAILABLE_TEXT = ("The registry store is unavailable; nothing was stored. Resend the "
                           "message later")
 
@@ -123,6 +125,14 @@ class VxuHandler:
 
         try:
             outcome = self.writer.submit(work)
+        except DataError as exc:
+            # The database refused a value (over its column length, or a NUL byte): resending
+            # cannot help, so this is AE for the sender to fix, not AR 207 "retry".
+            self.metrics.transactions.labels("rejected_value").inc()
+            log.warning("store.value_rejected", error=type(exc).__name__,
+                        control_id=header.control_id[:40])
+            return respond([*issues, Issue(102, Severity.ERROR, Location(), VALUE_REJECTED_TEXT,
+                                           4, "store.value")], "AE")
         except (SQLAlchemyError, BatchAborted) as exc:
             self.metrics.transactions.labels("unavailable").inc()
             log.warning("store.unavailable", error=type(exc).__name__,
