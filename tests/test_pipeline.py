@@ -160,3 +160,12 @@ def test_every_public_message_gets_one_wellformed_response(path: Path) -> None:
     ack = read(response)
     assert [s.id for s in ack][:2] == ["MSH", "MSA"]
     assert ack.msh.field(21) == "Z23^CDCPHINVS"
+
+
+def test_non_ascii_sender_names_are_echoed_intact() -> None:
+    """A UTF-8 MSH-4 comes back in MSH-6 as the same characters, not double-encoded."""
+    payload = with_msh(4, "Clínica Niño".encode()).replace(b"CTL-1", "CTL-ñ".encode())
+    ack = read(fixed_pipeline().process(payload))
+    assert ack.msh.field(6) == "Clínica Niño"
+    msa_seg = ack.first("MSA")
+    assert msa_seg is not None and msa_seg.value(2) == "CTL-ñ"

@@ -71,6 +71,12 @@ def peek_header(data: bytes) -> Header:
     if fs.isalnum() or fs.isspace():
         return Header()
     parts = text.split(fs)
+    declared = parts[17].split("^")[0].strip().upper() if len(parts) > 17 else ""
+    codec = CHARSETS.get(declared, "utf-8")
+    if codec != "latin-1":
+        # Header values are echoed into our response (MSH-5/6, MSA-2): read them in the
+        # declared character set so a UTF-8 "Niño" is not turned into mojibake.
+        parts = line.decode(codec, errors="replace").split(fs)
     enc = parts[1] if len(parts) > 1 else ""
     cs = enc[0] if enc and not enc[0].isalnum() and enc[0] != fs else "^"
 
