@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.config import AcceptConfig, Config
 from engine.errors import (
@@ -233,18 +233,24 @@ class Pipeline:
             return self._answer(header, issues, "AR"), "AR", self._count(issues)
 
         request = Request(payload, header, message, validation, received_at, peer)
-        outcome: dict[str, Any] = {}
+        # Each `respond` call is remembered by the bytes it built: a handler may call it more
+        # than once (a group-commit batch re-runs its messages), and only the answer actually
+        # returned is counted. An answer `respond` never built is a stored one being replayed.
+        built: dict[int, tuple[bytes, str, list[Issue]]] = {}
 
         def respond(found: Sequence[Issue], ack_code: str | None) -> bytes:
             applied = self.responses.policy.apply(found)
-            outcome["code"] = ack_code or self.responses.policy.ack_code(applied)
-            outcome["codes"] = self._count(applied)
-            return self._answer(header, applied, outcome["code"])
+            code = ack_code or self.responses.policy.ack_code(applied)
+            answer = self._answer(header, applied, code)
+            built[id(answer)] = (answer, code, applied)
+            return answer
 
         response = handler.handle(request, respond)
         self._timed("handle", t)
-        # A handler that answers without `respond` is replaying a stored response.
-        return response, str(outcome.get("code", "replay")), list(outcome.get("codes", []))
+        entry = built.get(id(response))
+        if entry is None or entry[0] is not response:
+            return response, "replay", []
+        return response, entry[1], self._count(entry[2])
 
     def reject_oversize(self, head: bytes, size: int) -> bytes | None:
         """AR for a frame over the size limit, when its MSH can still be read."""
