@@ -11,11 +11,9 @@ unexpected exception answers AR 207 with a fixed text and is logged without mess
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config import AcceptConfig, Config
@@ -30,7 +28,7 @@ from engine.errors import (
     UnsupportedProcessingId,
     UnsupportedVersionId,
 )
-from engine.hl7.charset import CHARSETS, Header, decode, peek_header
+from engine.hl7.charset import Header, codec_for, decode, peek_header
 from engine.hl7.er7 import Message, parse
 from engine.observability.logging import get_logger
 from engine.observability.metrics import Metrics
@@ -144,7 +142,7 @@ class Pipeline:
         return now
 
     def _encode(self, text: str, header: Header) -> bytes:
-        codec = CHARSETS.get(header.charset.strip().upper(), "utf-8")
+        codec = codec_for(header.charset, header.component_sep) or "utf-8"
         return text.encode(codec, errors="replace")
 
     def _answer(self, header: Header, issues: Sequence[Issue], ack_code: str | None) -> bytes:
@@ -161,12 +159,12 @@ class Pipeline:
         codes: list[str] = []
         try:
             response, outcome, codes = self._process(payload, header, peer)
-        except Exception as exc:  # the one catch-all: answer 207, never leak internals to the peer
-            # Exception texts can quote message content, so only the type and the code
-            # locations are logged (a traceback without its message).
-            log.error("message.internal_error", control_id=header.control_id[:40],
-                      message_type=header.message_type[:3], sender=header.sending_facility[:40],
-                      error=type(exc).__name__, where=_frames(exc))
+        except Exception:  # the one catch-all: answer 207, never leak internals to the peer
+            # The logging chain (observability.logging.scrub) keeps only the exception's type
+            # and frames: its text can quote message content.
+            log.exception("message.internal_error", control_id=header.control_id[:40],
+                          message_type=header.message_type[:3],
+                          sender=header.sending_facility[:40])
             issue = ApplicationInternalError(INTERNAL_ERROR_TEXT).to_issue()
             response = self._answer(header, [issue], "AR")
             outcome, codes = "AR", ["207"]
@@ -236,21 +234,21 @@ class Pipeline:
         # Each `respond` call is remembered by the bytes it built: a handler may call it more
         # than once (a group-commit batch re-runs its messages), and only the answer actually
         # returned is counted. An answer `respond` never built is a stored one being replayed.
-        built: dict[int, tuple[bytes, str, list[Issue]]] = {}
+        built: list[tuple[bytes, str, list[Issue]]] = []
 
         def respond(found: Sequence[Issue], ack_code: str | None) -> bytes:
             applied = self.responses.policy.apply(found)
             code = ack_code or self.responses.policy.ack_code(applied)
             answer = self._answer(header, applied, code)
-            built[id(answer)] = (answer, code, applied)
+            built.append((answer, code, applied))
             return answer
 
         response = handler.handle(request, respond)
         self._timed("handle", t)
-        entry = built.get(id(response))
-        if entry is None or entry[0] is not response:
-            return response, "replay", []
-        return response, entry[1], self._count(entry[2])
+        for answer, code, applied in reversed(built):
+            if answer is response:
+                return response, code, self._count(applied)
+        return response, "replay", []
 
     def reject_oversize(self, head: bytes, size: int) -> bytes | None:
         """AR for a frame over the size limit, when its MSH can still be read."""
@@ -262,13 +260,6 @@ class Pipeline:
             "processed", Location("MSH", 1), code=102).to_issue()
         self.metrics.messages.labels(_type_label(header, self.accept), "AR").inc()
         return self._answer(header, [issue], "AR")
-
-
-
-def _frames(exc: BaseException) -> list[str]:
-    """file:line:function of each traceback frame: where it failed, without what it said."""
-    return [f"{Path(f.filename).name}:{f.lineno}:{f.name}"
-            for f in traceback.extract_tb(exc.__traceback__)]
 
 
 def _type_label(header: Header, accept: AcceptConfig) -> str:

@@ -24,6 +24,16 @@ CHARSETS: dict[str, str] = {
 }
 
 
+def declared_charset(msh18: str, component_sep: str = "^") -> str:
+    """The MSH-18 value as a table 0211 name (first component, upper case)."""
+    return msh18.split(component_sep)[0].strip().upper()
+
+
+def codec_for(msh18: str, component_sep: str = "^") -> str | None:
+    """The Python codec for an MSH-18 value; None when we do not support it."""
+    return CHARSETS.get(declared_charset(msh18, component_sep))
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """MSH fields read without parsing the message; every value may be "" when unreadable."""
@@ -71,12 +81,11 @@ def peek_header(data: bytes) -> Header:
     if fs.isalnum() or fs.isspace():
         return Header()
     parts = text.split(fs)
-    declared = parts[17].split("^")[0].strip().upper() if len(parts) > 17 else ""
-    codec = CHARSETS.get(declared, "utf-8")
-    if codec != "latin-1":
+    codec = codec_for(parts[17]) if len(parts) > 17 else "utf-8"
+    if codec not in (None, "latin-1"):
         # Header values are echoed into our response (MSH-5/6, MSA-2): read them in the
         # declared character set so a UTF-8 "Niño" is not turned into mojibake.
-        parts = line.decode(codec, errors="replace").split(fs)
+        parts = line.decode(str(codec), errors="replace").split(fs)
     enc = parts[1] if len(parts) > 1 else ""
     cs = enc[0] if enc and not enc[0].isalnum() and enc[0] != fs else "^"
 
@@ -131,7 +140,7 @@ def _location_of(data: bytes, offset: int, field_sep: int) -> Location:
 def decode(data: bytes, header: Header | None = None) -> str:
     """Decode a frame's bytes per its MSH-18; raises MessageDecodeError with a location."""
     header = header or peek_header(data)
-    declared = header.charset.split(header.component_sep)[0].strip().upper()
+    declared = declared_charset(header.charset, header.component_sep)
     codec = CHARSETS.get(declared)
     if codec is None:
         raise MessageDecodeError(f"MSH-18 character set '{declared[:20]}' is not supported",
