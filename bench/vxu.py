@@ -18,6 +18,7 @@ Usage (from the repo root)::
 
     PYTHONPATH=. .venv/bin/python bench/vxu.py [--messages 3000] [--connections 8]
         [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--skip-sqlite]
+        [--workers 1,2]   (engine worker processes; each count is its own row)
 
 Durability is never traded for speed: SQLite runs with WAL + synchronous=FULL and PostgreSQL
 with synchronous_commit=on; every AA is sent after its transaction committed.
@@ -138,12 +139,15 @@ TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads), from /proc."""
+    """User + system CPU seconds of a process (all its threads) and its live descendants
+    (an engine with several workers), from /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    return own + sum(process_cpu(int(child)) for child in children)
 
 
 POSTGRES_SHARED = ("walwriter", "checkpointer", "background writer")
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine pipeline threads (default: the engine's own choice)")
     p.add_argument("--writers", type=int, default=0,
                    help="store writer threads (default: the engine's own choice)")
+    p.add_argument("--workers", default="1",
+                   help="engine worker processes; a comma list (e.g. 1,2) runs each in turn")
     p.add_argument("--serve", nargs=4, metavar=("URL", "PORT", "THREADS", "WRITERS"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -308,7 +314,24 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-c", ECHO_SERVER, str(port)], port,
         make_messages(args.messages, f"E{uuid.uuid4().hex[:6]}"), args.connections)
 
-    if not args.skip_postgres:
+    counts = [int(w) for w in str(args.workers).split(",")]
+
+    def engine_cmd(url: str, port: int, workers: int, tmp: str) -> list[str]:
+        if workers == 1:  # in this file, so tuning flags and older builds work
+            return [sys.executable, __file__, "--serve", url, str(port), str(args.threads),
+                    str(args.writers)]
+        config = Path(tmp) / "bench-config.yaml"
+        config.write_text("logging: {format: json, level: warning}\n", encoding="utf-8")
+        return [sys.executable, "-m", "engine", "serve", "--config", str(config),
+                "--workers", str(workers), "--port", str(port),
+                "--http-port", str(free_port()), "--database-url", url]
+
+    def row(backend: str, workers: int) -> str:
+        return f"engine + {backend}" + (f" x{workers}" if workers > 1 else "")
+
+    for workers in counts:
+        if args.skip_postgres:
+            break
         admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
         name = f"iz_bench_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
@@ -318,22 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         try:
             upgrade(url)
             port = free_port()
-            results["engine + PostgreSQL"] = run_server(
-                [sys.executable, __file__, "--serve", url, str(port), str(args.threads),
-                 str(args.writers)], port,
-                make_messages(args.messages, f"P{uuid.uuid4().hex[:6]}"), args.connections,
-                database=name)
+            with tempfile.TemporaryDirectory() as tmp:
+                results[row("PostgreSQL", workers)] = run_server(
+                    engine_cmd(url, port, workers, tmp), port,
+                    make_messages(args.messages, f"P{uuid.uuid4().hex[:6]}"),
+                    args.connections, database=name)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
 
-    if not args.skip_sqlite:
+    for workers in counts:
+        if args.skip_sqlite:
+            break
         with tempfile.TemporaryDirectory() as tmp:
             port = free_port()
-            results["engine + SQLite"] = run_server(
-                [sys.executable, __file__, "--serve", f"sqlite:///{tmp}/bench.sqlite3",
-                 str(port), str(args.threads), str(args.writers)], port,
+            results[row("SQLite", workers)] = run_server(
+                engine_cmd(f"sqlite:///{tmp}/bench.sqlite3", port, workers, tmp), port,
                 make_messages(args.messages, f"S{uuid.uuid4().hex[:6]}"),
                 args.connections)
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date
@@ -36,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int)
     s.add_argument("--database-url")
     s.add_argument("--as-of", help="fixed assessment date YYYY-MM-DD (test environments)")
+    s.add_argument("--workers", type=int,
+                   help="engine processes sharing the MLLP port (server.workers)")
+    # Internal: how the supervisor (engine.workers) starts a worker process.
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
     snd = sub.add_parser("send", help="replay message files/folders over MLLP")
     snd.add_argument("target", metavar="HOST:PORT")
@@ -105,11 +114,39 @@ def make_pipeline(cfg: config_mod.Config, metrics: Metrics,
     return pipeline
 
 
-async def _serve(cfg: config_mod.Config) -> int:
+def _stop_event() -> asyncio.Event:
+    """Set by SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _stop_on_stdin_eof(stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe only its supervisor holds: end-of-file means it is gone."""
+    loop = asyncio.get_running_loop()
+
+    def wait_for_eof() -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside the
+        # buffered reader would hold its lock and abort the interpreter at exit.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait_for_eof, name="iz-supervisor-watch", daemon=True).start()
+
+
+async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
+                 worker_index: int = 0) -> int:
+    """One engine process: MLLP + pipeline + store; with `worker_fd`, a worker of
+    `engine.workers.Supervisor` accepting on the inherited socket (no HTTP side of its own)."""
     from engine.handlers import build_handlers
     from engine.http import HttpServer
     from engine.server import MllpServer
     from engine.service import AsyncPipeline
+    from engine.workers import READY_LINE
 
     log = obs_logging.get_logger("engine.cli")
     metrics = Metrics()
@@ -120,29 +157,81 @@ async def _serve(cfg: config_mod.Config) -> int:
         return 2
     pipeline = make_pipeline(cfg, metrics, handlers=bundle.handlers, journal=bundle.journal)
     frames = AsyncPipeline(pipeline, threads=bundle.executor_threads)
-    server = MllpServer(cfg.server, frames, metrics)
-    http = HttpServer(cfg.http, metrics.registry, ready=lambda: True)
+    sock = socket.socket(fileno=worker_fd) if worker_fd is not None else None
+    server = MllpServer(cfg.server, frames, metrics, sock=sock)
+    http = (HttpServer(cfg.http, metrics.registry, ready=lambda: True) if sock is None
+            else None)
     try:
         await server.start()
-        await http.start()
+        if http is not None:
+            await http.start()
     except OSError as exc:
         print(f"serve: cannot listen ({exc.strerror})", file=sys.stderr)
         await server.shutdown()
         frames.close()
         bundle.close()
         return 2
-    log.info("engine.started", mllp_port=server.port, http_port=http.port,
-             database=cfg.database.url.split("://")[0])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_event()
+    if sock is not None:
+        _stop_on_stdin_eof(stop)
+        log.info("engine.worker_started", worker=worker_index, mllp_port=server.port)
+        os.write(sys.stdout.fileno(), READY_LINE)
+    else:
+        log.info("engine.started", mllp_port=server.port,
+                 http_port=http.port if http is not None else None,
+                 database=cfg.database.url.split("://")[0])
     await stop.wait()
     log.info("engine.stopping")
     await server.shutdown()
-    await http.shutdown()
+    if http is not None:
+        await http.shutdown()
     frames.close()
     bundle.close()
+    log.info("engine.stopped")
+    return 0
+
+
+async def _supervise(cfg: config_mod.Config, worker_args: Sequence[str]) -> int:
+    """`server.workers` engine processes on one port, plus the HTTP side (engine.workers)."""
+    from engine.http import HttpServer
+    from engine.store.db import is_sqlite
+    from engine.store.migrate import upgrade
+    from engine.workers import Supervisor
+
+    log = obs_logging.get_logger("engine.cli")
+    if is_sqlite(cfg.database.url):
+        try:  # once, before several processes open the file
+            upgrade(cfg.database.url)
+        except Exception as exc:
+            print(f"serve: cannot open the registry store ({type(exc).__name__})",
+                  file=sys.stderr)
+            return 2
+    supervisor = Supervisor(cfg, worker_args)
+    http = HttpServer(cfg.http, supervisor.registry, ready=supervisor.ready)
+    try:
+        supervisor.bind()
+        await http.start()
+    except OSError as exc:
+        print(f"serve: cannot listen ({exc.strerror})", file=sys.stderr)
+        await supervisor.shutdown()
+        return 2
+    stop = _stop_event()
+    try:
+        await supervisor.start()
+    except RuntimeError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        await supervisor.shutdown()
+        await http.shutdown()
+        return 2
+    log.info("engine.started", mllp_port=supervisor.port, http_port=http.port,
+             workers=len(supervisor.workers), database=cfg.database.url.split("://")[0])
+    failed = await supervisor.run_until(stop)
+    log.info("engine.stopping")
+    await supervisor.shutdown()
+    await http.shutdown()
+    if failed is not None:
+        print(f"serve: {failed}", file=sys.stderr)
+        return 2
     log.info("engine.stopped")
     return 0
 
@@ -165,12 +254,24 @@ def cmd_serve(args: argparse.Namespace, err: TextIO) -> int:
         except ValueError:
             print("serve: --as-of must be YYYY-MM-DD", file=err)
             return 2
+    if args.workers is not None:
+        server = replace(server, workers=args.workers)
+        if not 1 <= args.workers <= 64:
+            print("serve: --workers must be 1..64", file=err)
+            return 2
     cfg = replace(cfg, server=server, http=http, database=database,
                   as_of=args.as_of or cfg.as_of)
     obs_logging.configure(cfg.logging.format, cfg.logging.level)
     from engine.server import install_event_loop_policy
 
     install_event_loop_policy()
+    if args.worker_fd is not None:
+        return asyncio.run(_serve(cfg, args.worker_fd, args.worker_index))
+    if cfg.server.workers > 1:
+        worker_args = [*(("--config", str(args.config)) if args.config else ()),
+                       *(("--database-url", args.database_url) if args.database_url else ()),
+                       *(("--as-of", args.as_of) if args.as_of else ())]
+        return asyncio.run(_supervise(cfg, worker_args))
     return asyncio.run(_serve(cfg))
 
 

@@ -48,6 +48,8 @@ class ServerConfig:
     accept_lone_fs_at_eof: bool = False
     shutdown_grace_s: float = 10.0
     tls: TlsConfig = field(default_factory=TlsConfig)
+    # Engine processes sharing the listening socket (engine.workers); 1 = this process serves.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     s = r.section(data, "server")
     _known_keys(s, {"host", "port", "max_connections", "idle_timeout_s", "frame_timeout_s",
                     "write_timeout_s", "max_frame_bytes", "accept_lone_fs_at_eof",
-                    "shutdown_grace_s", "tls"}, "server", problems)
+                    "shutdown_grace_s", "tls", "workers"}, "server", problems)
     t = r.section(s, "tls")
     _known_keys(t, {"cert_file", "key_file", "ca_file", "require_client_cert"}, "server.tls",
                 problems)
@@ -171,7 +173,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         accept_lone_fs_at_eof=r.get(s, "accept_lone_fs_at_eof", bool, False, "server"),
         shutdown_grace_s=r.get(s, "shutdown_grace_s", float, d.shutdown_grace_s, "server"),
         tls=tls,
+        workers=r.get(s, "workers", int, d.workers, "server"),
     )
+    if not 1 <= server.workers <= 64:
+        problems.append("server.workers: must be 1..64")
     if not 0 <= server.port <= 65535:
         problems.append("server.port: must be 0..65535")
     if server.max_frame_bytes < 1024:

@@ -455,13 +455,22 @@ class _Connection(asyncio.Protocol):
         self._abort()
 
 
+def listen_backlog(config: ServerConfig) -> int:
+    """The accept queue length: room for a burst of reconnecting senders, capped."""
+    return max(128, min(config.max_connections, 4096))
+
+
 class MllpServer:
     """MLLP listener: `start`, then `serve_forever` (until a signal) or `shutdown`."""
 
-    def __init__(self, config: ServerConfig, handler: FrameHandler, metrics: Metrics) -> None:
+    def __init__(self, config: ServerConfig, handler: FrameHandler, metrics: Metrics, *,
+                 sock: socket.socket | None = None) -> None:
+        """`sock`: an already listening socket to accept from instead of binding
+        host:port (an engine worker process sharing its supervisor's socket)."""
         self.config = config
         self.handler = handler
         self.metrics = metrics
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -501,11 +510,15 @@ class MllpServer:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         ssl_ctx = build_ssl_context(self.config.tls)
-        self._server = await self._loop.create_server(
-            lambda: _Connection(self), self.config.host, self.config.port,
-            ssl=ssl_ctx, backlog=max(128, min(self.config.max_connections, 4096)),
-            ssl_handshake_timeout=min(self.config.frame_timeout_s, 60.0) if ssl_ctx else None,
-        )
+        handshake = min(self.config.frame_timeout_s, 60.0) if ssl_ctx else None
+        if self._sock is not None:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), sock=self._sock, ssl=ssl_ctx,
+                ssl_handshake_timeout=handshake)
+        else:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), self.config.host, self.config.port,
+                ssl=ssl_ctx, backlog=listen_backlog(self.config), ssl_handshake_timeout=handshake)
         _log.info("mllp_listening", host=self.config.host, port=self.port,
                   tls=ssl_ctx is not None,
                   mutual_tls=ssl_ctx is not None and ssl_ctx.verify_mode == ssl.CERT_REQUIRED)

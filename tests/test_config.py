@@ -58,3 +58,12 @@ def test_config_is_frozen() -> None:
     cfg = config.from_mapping({}, env={})
     with pytest.raises(AttributeError):
         cfg.server.port = 1  # type: ignore[misc]
+
+
+def test_workers_default_to_one_process_and_are_bounded() -> None:
+    """server.workers: 1 unless set; 0 or more than 64 processes is a configuration error."""
+    assert config.from_mapping({}, env={}).server.workers == 1
+    assert config.from_mapping({"server": {"workers": 4}}, env={}).server.workers == 4
+    for bad in (0, 65):
+        with pytest.raises(ConfigError, match="server.workers"):
+            config.from_mapping({"server": {"workers": bad}}, env={})

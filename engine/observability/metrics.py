@@ -29,7 +29,8 @@ class Metrics:
             "iz_stage_seconds", "Time spent per pipeline stage", ["stage"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.active_connections = Gauge(
-            "iz_active_connections", "Open MLLP connections", registry=r)
+            "iz_active_connections", "Open MLLP connections", registry=r,
+            multiprocess_mode="livesum")  # summed over live workers (engine.workers)
         self.connections = Counter(
             "iz_connections", "MLLP connections accepted or refused", ["outcome"], registry=r)
         self.skipped_bytes = Counter(

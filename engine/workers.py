@@ -1,0 +1,196 @@
+"""Several engine processes behind one MLLP port (`server.workers` > 1).
+
+Why: CPython runs one thread of Python at a time per process, and VXU intake is CPU work
+(decode, validate, map, plan the rows) around short database waits, so one process tops out
+at one core however many pipeline threads it has. `bench/vxu.py --workers N` measures what more
+processes buy on the machine at hand.
+
+How: this process, the supervisor, binds the MLLP socket once and starts N worker processes
+(`iz-engine serve --worker-fd FD ...`, the same configuration) that inherit the listening
+socket and each accept from it: the kernel hands a new connection to whichever worker takes
+it first, and an idle worker is the quickest to do so. A connection stays with its worker for
+its whole life, so per-connection ordering is unchanged. Nothing else is shared in memory:
+every invariant across messages (one log row per (sender, MSH-10), patient and event keys)
+already lives in the database's unique constraints and locks, which is what makes workers safe.
+
+The supervisor also
+- upgrades an embedded SQLite schema once before any worker opens it (workers then find it
+  current; PostgreSQL is upgraded by `iz-engine db upgrade` as always);
+- serves `/metrics` (the workers' metrics summed through prometheus_client's multiprocess mode
+  in a private directory), `/healthz`, and `/readyz` (every worker up);
+- restarts a worker that dies after it was ready (a crash costs its in-flight senders one
+  timeout and retransmission, which the store answers idempotently); a worker that fails
+  before it is ready (bad database URL, schema not current) stops the whole service with
+  exit status 2, since restarting cannot cure configuration;
+- on SIGTERM/SIGINT forwards SIGTERM, so each worker shuts down gracefully as a lone engine
+  does, and kills what is left after `server.shutdown_grace_s` plus a margin.
+
+Workers learn of a vanished supervisor by end-of-file on their stdin (a pipe only the
+supervisor holds) and then shut down gracefully too: no orphan keeps the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from engine.config import Config
+from engine.observability.logging import get_logger
+from engine.server import listen_backlog
+
+log = get_logger("engine.workers")
+
+READY_LINE = b"ready\n"
+START_TIMEOUT_S = 120.0  # loading profiles, schedule and the store takes a few seconds
+RESTART_DELAY_S = 1.0
+KILL_MARGIN_S = 5.0
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    started_at: float = 0.0
+    restarts: int = 0
+    waiter: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Runs `config.server.workers` engine processes on one listening socket (module doc)."""
+
+    def __init__(self, config: Config, worker_args: Sequence[str]) -> None:
+        """`worker_args`: the `serve` options every worker gets (config path, overrides)."""
+        self.config = config
+        self.worker_args = list(worker_args)
+        self.workers = [_Worker(i) for i in range(config.server.workers)]
+        self.metrics_dir = tempfile.mkdtemp(prefix="iz-engine-metrics-")
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        self.sock: socket.socket | None = None
+        self._stopping = False
+        self._failed: str | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self.sock is not None
+        return int(self.sock.getsockname()[1])
+
+    def ready(self) -> bool:
+        return not self._stopping and all(w.ready for w in self.workers)
+
+    def bind(self) -> None:
+        """Bind and listen on server.host:port (the workers accept, never this process)."""
+        cfg = self.config.server
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self.sock = socket.create_server((cfg.host, cfg.port), family=family,
+                                         backlog=listen_backlog(cfg))
+        self.sock.set_inheritable(True)
+
+    async def start(self) -> None:
+        """Start every worker and wait until all are ready; raises RuntimeError if one fails."""
+        for worker in self.workers:
+            await self._spawn(worker)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(w.ready for w in self.workers):
+            if self._failed is not None:
+                raise RuntimeError(self._failed)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("workers did not become ready in time")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        if self._failed is not None:
+            raise RuntimeError(self._failed)
+
+    async def run_until(self, stop: asyncio.Event) -> str | None:
+        """Supervise until `stop` is set or a worker cannot be (re)started; the failure."""
+        while not stop.is_set() and self._failed is None:
+            self._changed.clear()
+            stopper = asyncio.ensure_future(stop.wait())
+            changed = asyncio.ensure_future(self._changed.wait())
+            await asyncio.wait({stopper, changed}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (stopper, changed):
+                task.cancel()
+        return self._failed
+
+    async def _spawn(self, worker: _Worker) -> None:
+        assert self.sock is not None
+        fd = self.sock.fileno()
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
+        args = [sys.executable, "-m", "engine", "serve", *self.worker_args,
+                "--worker-fd", str(fd), "--worker-index", str(worker.index)]
+        worker.ready = False
+        worker.started_at = time.monotonic()
+        worker.process = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            pass_fds=(fd,), env=env)
+        worker.waiter = asyncio.ensure_future(self._watch(worker, worker.process))
+        log.info("worker.started", worker=worker.index, pid=worker.process.pid)
+
+    async def _watch(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        line = await process.stdout.readline()
+        if line == READY_LINE:
+            worker.ready = True
+            self._changed.set()
+            log.info("worker.ready", worker=worker.index, pid=process.pid)
+            await process.stdout.read()  # nothing more is expected; returns at exit
+        code = await process.wait()
+        mark_process_dead(process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        was_ready, worker.ready = worker.ready, False
+        if self._stopping:
+            self._changed.set()
+            return
+        if not was_ready:
+            self._failed = f"worker {worker.index} exited with status {code} while starting"
+            log.error("worker.failed_to_start", worker=worker.index, status=code)
+            self._changed.set()
+            return
+        log.warning("worker.exited", worker=worker.index, pid=process.pid, status=code)
+        worker.restarts += 1
+        await asyncio.sleep(RESTART_DELAY_S)
+        if not self._stopping:
+            await self._spawn(worker)
+        self._changed.set()
+
+    async def shutdown(self) -> None:
+        """SIGTERM every worker, wait out their grace period, kill stragglers, clean up."""
+        self._stopping = True
+        running = [w.process for w in self.workers
+                   if w.process is not None and w.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        grace = self.config.server.shutdown_grace_s + KILL_MARGIN_S
+        waits = [asyncio.ensure_future(p.wait()) for p in running]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=grace)
+            for process in running:
+                if process.returncode is None:
+                    log.warning("worker.killed", pid=process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for worker in self.workers:
+            if worker.waiter is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(worker.waiter, timeout=5)
+        if self.sock is not None:
+            self.sock.close()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
