@@ -2,7 +2,7 @@
 
 Walks each core module's imports (transitively within `engine`) and fails if any reaches
 asyncio, sockets, TLS, selectors, threads-for-I/O or SQLAlchemy: those belong to the shell
-(server, service, http, client, store, handlers, cli).
+(server, service, http, client, store, handlers, cli, workers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ ENGINE = Path(__file__).resolve().parents[1] / "engine"
 FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "sqlalchemy", "psycopg", "uvloop",
              "concurrent", "alembic", "http"}
 SHELL = {"engine.server", "engine.service", "engine.http", "engine.client", "engine.cli",
-         "engine.store", "engine.handlers", "engine.observability"}
+         "engine.__main__", "engine.workers", "engine.store", "engine.handlers",
+         "engine.observability"}
 
 
 def _module_name(path: Path) -> str:
