@@ -65,5 +65,5 @@ def test_workers_default_to_one_process_and_are_bounded() -> None:
     assert config.from_mapping({}, env={}).server.workers == 1
     assert config.from_mapping({"server": {"workers": 4}}, env={}).server.workers == 4
     for bad in (0, 65):
-        with pytest.raises(ConfigError, match="server.workers"):
+        with pytest.raises(ConfigError, match=r"server\.workers"):
             config.from_mapping({"server": {"workers": bad}}, env={})
