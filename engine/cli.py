@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from engine import config as config_mod
 from engine.errors import ConfigError, StoreError
@@ -138,6 +138,44 @@ def _stop_on_stdin_eof(stop: asyncio.Event) -> None:
     threading.Thread(target=wait_for_eof, name="iz-supervisor-watch", daemon=True).start()
 
 
+class _StoreProbe:
+    """Readiness of the store, refreshed off the event loop (a probe must never block MLLP).
+
+    Every `interval_s` a pool connection runs `SELECT 1` on the default executor; `/readyz`
+    reads the last verdict. Until the first probe returns, the store counts as ready: `serve`
+    opened it moments ago.
+    """
+
+    def __init__(self, engine: Any, interval_s: float = 2.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.ok = True
+        self._task: asyncio.Task[None] | None = None
+
+    def _ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:  # any failure means "not ready"; the store logs its own errors
+            return False
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.ok = await loop.run_in_executor(None, self._ping)
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
                  worker_index: int = 0) -> int:
     """One engine process: MLLP + pipeline + store; with `worker_fd`, a worker of
@@ -159,7 +197,9 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
     frames = AsyncPipeline(pipeline, threads=bundle.executor_threads)
     sock = socket.socket(fileno=worker_fd) if worker_fd is not None else None
     server = MllpServer(cfg.server, frames, metrics, sock=sock)
-    http = (HttpServer(cfg.http, metrics.registry, ready=lambda: True) if sock is None
+    probe = _StoreProbe(bundle.writer.engine)
+    http = (HttpServer(cfg.http, metrics.registry,
+                       ready=lambda: probe.ok and not server.closing) if sock is None
             else None)
     try:
         await server.start()
@@ -172,6 +212,7 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
         bundle.close()
         return 2
     stop = _stop_event()
+    probe.start()
     if sock is not None:
         _stop_on_stdin_eof(stop)
         log.info("engine.worker_started", worker=worker_index, mllp_port=server.port)
@@ -182,6 +223,7 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
                  database=cfg.database.url.split("://")[0])
     await stop.wait()
     log.info("engine.stopping")
+    await probe.stop()
     await server.shutdown()
     if http is not None:
         await http.shutdown()

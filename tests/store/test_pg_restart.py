@@ -5,7 +5,8 @@ cluster (initdb in a temporary directory, on a free port), never the shared serv
 cluster is stopped with `pg_ctl -m immediate` — no shutdown checkpoint, as in a crash — while
 the engine keeps receiving; then started again. What a registry must do:
 
-- while the database is gone every message is answered AR 207 (the sender retries), promptly;
+- while the database is gone every message is answered AR 207 (the sender retries), promptly,
+  and `/readyz` says 503 until the database answers again;
 - nothing acknowledged before the crash is lost (crash recovery replays the WAL);
 - nothing refused during the outage was half-written;
 - once the database is back, the senders' retries are stored, each exactly once.
@@ -104,8 +105,10 @@ def test_database_crash_mid_stream_loses_nothing_acknowledged(cluster: Cluster) 
         assert [msa(a) for a in refused] == ["AR"] * 4
         assert all(b"|207^" in a for a in refused)
         assert proc.poll() is None  # the engine stays up
+        served.wait_status(503)  # and tells the load balancer its store is gone
 
         cluster.start()
+        served.wait_status(200)
         retried = exchange(port, during)  # the senders retry what was refused
         after = exchange(port, [vxu(300 + i, f"AFTER-{i}") for i in range(4)])
         assert [msa(a) for a in retried + after] == ["AA"] * 8

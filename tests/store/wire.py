@@ -77,13 +77,17 @@ class Served:
             return 0
 
     def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_status(200, timeout)
+
+    def wait_status(self, status: int, timeout: float = 60) -> None:
+        """Poll /readyz until it answers `status`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}"
-            if self.ready() == 200:
+            if self.ready() == status:
                 return
             time.sleep(0.1)
-        raise AssertionError("the workers did not become ready")
+        raise AssertionError(f"/readyz did not answer {status}")
 
     def metric_total(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
