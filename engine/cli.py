@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     up = dbs.add_parser("upgrade", help="apply migrations")
     up.add_argument("--database-url")
     up.add_argument("--config", type=Path)
+    purge = dbs.add_parser("purge-payloads",
+                           help="drop raw message content older than the retention period")
+    purge.add_argument("--older-than-days", type=int,
+                       help="default: database.payload_retention_days")
+    purge.add_argument("--database-url")
+    purge.add_argument("--config", type=Path)
 
     c = sub.add_parser("cdsi-check", help="run CDC CDSi test cases through the forecaster")
     c.add_argument("cases", type=Path)
@@ -176,6 +182,24 @@ class _StoreProbe:
                 await self._task
 
 
+RETENTION_INTERVAL_S = 3600.0
+
+
+async def _retention(repository: Any, days: int) -> None:
+    """Hourly: drop raw payloads older than `days` (database.payload_retention_days)."""
+    log = obs_logging.get_logger("engine.cli")
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            dropped = await loop.run_in_executor(
+                None, repository.purge_payloads, _retention_cutoff(days))
+            if dropped:
+                log.info("store.payloads_purged", messages=dropped, older_than_days=days)
+        except Exception as exc:  # the store may be down: try again next round
+            log.warning("store.purge_failed", error=type(exc).__name__)
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
 async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
                  worker_index: int = 0) -> int:
     """One engine process: MLLP + pipeline + store; with `worker_fd`, a worker of
@@ -213,6 +237,10 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
         return 2
     stop = _stop_event()
     probe.start()
+    retention = None
+    if cfg.database.payload_retention_days and worker_index == 0:  # one purger is enough
+        retention = asyncio.get_running_loop().create_task(
+            _retention(bundle.repository, cfg.database.payload_retention_days))
     if sock is not None:
         _stop_on_stdin_eof(stop)
         log.info("engine.worker_started", worker=worker_index, mllp_port=server.port)
@@ -224,6 +252,10 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
     await stop.wait()
     log.info("engine.stopping")
     await probe.stop()
+    if retention is not None:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
     await server.shutdown()
     if http is not None:
         await http.shutdown()
@@ -426,9 +458,39 @@ def cmd_db(args: argparse.Namespace, err: TextIO) -> int:
     if cfg is None:
         return 2
     url = args.database_url or cfg.database.url
+    if args.db_command == "purge-payloads":
+        return _purge_payloads(url, args.older_than_days
+                               if args.older_than_days is not None
+                               else cfg.database.payload_retention_days, err)
     upgrade(url)
     print(f"database at {url.split('://')[0]} is up to date", file=err)
     return 0
+
+
+def _purge_payloads(url: str, days: int, err: TextIO) -> int:
+    from engine.handlers import REGISTRY_AUTHORITY
+    from engine.store.db import make_engine
+    from engine.store.repository import Repository
+
+    if days <= 0:
+        print("db purge-payloads: give --older-than-days N (N >= 1) or set "
+              "database.payload_retention_days", file=err)
+        return 2
+    engine = make_engine(url, pool_size=1)
+    try:
+        # purging reads no vaccine data: no vaccine-group table needed
+        repository = Repository(engine, vaccine_groups=lambda _cvx: frozenset(),
+                                registry_authority=REGISTRY_AUTHORITY)
+        dropped = repository.purge_payloads(_retention_cutoff(days))
+    finally:
+        engine.dispose()
+    print(f"dropped the raw content of {dropped} message(s) older than {days} day(s)",
+          file=err)
+    return 0
+
+
+def _retention_cutoff(days: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
 
 
 def cmd_cdsi_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -78,6 +78,9 @@ class IdentityConfig:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     url: str = "sqlite:///var/iz-engine.sqlite3"
+    # Raw message content older than this is dropped (the log row and response stay);
+    # 0 keeps it forever.
+    payload_retention_days: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
                               facility=r.get(i, "facility", str, "CAIR2", "identity"))
 
     db = r.section(data, "database")
-    _known_keys(db, {"url"}, "database", problems)
+    _known_keys(db, {"url", "payload_retention_days"}, "database", problems)
+    retention = r.get(db, "payload_retention_days", int, 0, "database")
+    if retention < 0:
+        problems.append("database.payload_retention_days: must be 0 (keep) or more")
     url = env.get("IZ_ENGINE_DATABASE_URL") or r.get(db, "url", str, DatabaseConfig().url,
                                                      "database")
 
@@ -219,7 +225,8 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     if problems:
         raise ConfigError(problems)
     return Config(server=server, http=http, accept=accept, identity=identity,
-                  database=DatabaseConfig(url=url), logging=logging_cfg,
+                  database=DatabaseConfig(url=url, payload_retention_days=retention),
+                  logging=logging_cfg,
                   ack_policy=r.get(data, "ack_policy", str, "acks/policy.yaml", ""), as_of=as_of)
 
 
