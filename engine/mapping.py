@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ import yaml
 
 from engine import domain
 from engine.errors import Issue, Location, Severity
-from engine.hl7.er7 import Message, Segment
+from engine.hl7.er7 import Message
+from engine.hl7.escape import DEFAULT_DELIMITERS, Delimiters, unescape
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
 CODES_DIR = MAPPINGS_DIR / "codes"
@@ -42,7 +44,6 @@ _RECORDS: dict[str, type[Any]] = {
         domain.ResponsiblePerson, domain.Vaccination, domain.Observation)
 }
 _PATH = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+))?(?:\.(\d+))?\Z")
-_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +63,11 @@ class MappingError(ValueError):
 
 def hl7_date(text: str) -> date | None:
     """The date part of an HL7 DT/TS with at least day precision; None when absent/invalid."""
-    m = _DATE.match(text)
-    if m is None:
+    # str.isdecimal is exactly what the regex's \d matches (Unicode Nd), and int() reads it.
+    if len(text) < 8 or not text[:8].isdecimal():
         return None
     try:
-        return date(int(m[1]), int(m[2]), int(m[3]))
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
         return None
 
@@ -90,8 +91,12 @@ def _action(text: str) -> domain.Action:
         return domain.Action.ADD  # unknown 0323 codes are the validator's to report
 
 
+def _as_text(text: str) -> str:
+    return text
+
+
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
-    "text": lambda s: s, "date": hl7_date, "int": _int, "decimal": _decimal, "action": _action,
+    "text": _as_text, "date": hl7_date, "int": _int, "decimal": _decimal, "action": _action,
 }
 
 
@@ -107,104 +112,316 @@ def ndc11(raw: str) -> str:
     return digits if len(digits) == 11 else ""
 
 
-# --- segment access honouring validation ----------------------------------------------------
+# --- compiled readers ------------------------------------------------------------------------
+#
+# The YAML is compiled once into small closures, one per path, that read straight from a
+# segment's raw field texts. A field is split only as deep as the path asks (first repetition,
+# then one component, then one subcomponent) and a leaf is unescaped only when it holds the
+# escape character, which gives the same values as splitting the whole field into a tree and
+# unescaping every leaf (what `Segment.field_tree` does) at a fraction of the cost: a VXU is
+# read at ~100 paths and most of them are plain text.
+
+# Per segment: repetition, component, subcomponent and escape characters, and the delimiters
+# themselves for `unescape`.
+_Seps = tuple[str, str, str, str, Delimiters]
+_DEFAULT_SEPS: _Seps = (DEFAULT_DELIMITERS.repetition, DEFAULT_DELIMITERS.component,
+                        DEFAULT_DELIMITERS.subcomponent, DEFAULT_DELIMITERS.escape,
+                        DEFAULT_DELIMITERS)
+_CACHE_SIZE = 2048  # distinct texts remembered per composite type
+# Records that describe no patient, whose values repeat across patients: safe to remember.
+_SHARED_RECORDS = frozenset({domain.Coded, domain.Provider, domain.Site})
+
 
 class _View:
-    """A segment plus its message position; emptied fields read as empty."""
+    """A segment as the mapper sees it: emptied fields blanked, plus its message position."""
 
-    __slots__ = ("emptied", "index", "segment", "sequence", "trees")
+    __slots__ = ("fields", "id", "seps", "sequence")
 
-    def __init__(self, segment: Segment, index: int, sequence: int,
-                 emptied: frozenset[tuple[int, int]]) -> None:
-        self.segment = segment
-        self.index = index
-        self.sequence = sequence
-        self.emptied = emptied
-        # Several attributes read the same field (RXA-5 feeds the product, CVX, NDC, CPT):
-        # split it once per message.
-        self.trees: dict[int, list[list[list[str]]]] = {}
-
-    def _hidden(self, field_no: int) -> bool:
-        return bool(self.emptied) and (self.index, field_no) in self.emptied
-
-    def value(self, field_no: int, comp: int = 1, sub: int = 1, rep: int = 1) -> str:
-        reps = self.tree(field_no)
-        return _leaf(reps[rep - 1], comp, sub) if rep <= len(reps) else ""
-
-    def tree(self, field_no: int) -> list[list[list[str]]]:
-        found = self.trees.get(field_no)
-        if found is None:
-            found = self.trees[field_no] = (
-                [] if self._hidden(field_no) or not self.segment.field(field_no)
-                else self.segment.field_tree(field_no))
-        return found
+    def __init__(self, seg_id: str, fields: list[str], seps: _Seps, sequence: int) -> None:
+        self.id = seg_id
+        self.fields = fields  # raw (escaped) texts, index 0 = segment id, as `Segment.fields`
+        self.seps = seps
+        self.sequence = sequence  # occurrence of this segment id in the message, from 1
 
 
 Context = Mapping[str, _View]
+_Text = Callable[[_View], str]  # reads one leaf (first repetition) as text
+_Read = Callable[[_View], Any]  # reads an attribute's value (converted, built, repeated)
 
 
-def _leaf(rep: list[list[str]], comp: int, sub: int) -> str:
-    if comp > len(rep):
+def _leaf(rep: str, comp: int, sub: int, seps: _Seps) -> str:
+    """Component `comp`, subcomponent `sub` (1-based) of one repetition's raw text, unescaped."""
+    _, comp_sep, sub_sep, esc, d = seps
+    if comp_sep in rep:
+        parts = rep.split(comp_sep)
+        if comp > len(parts):
+            return ""
+        rep = parts[comp - 1]
+    elif comp != 1:
         return ""
-    subs = rep[comp - 1]
-    return subs[sub - 1] if sub <= len(subs) else ""
+    if sub_sep in rep:
+        parts = rep.split(sub_sep)
+        if sub > len(parts):
+            return ""
+        rep = parts[sub - 1]
+    elif sub != 1:
+        return ""
+    return unescape(rep, d) if esc in rep else rep
 
 
-# --- compiled specs --------------------------------------------------------------------------
+def _text_reader(field_no: int, comp: int, sub: int, whole: bool) -> _Text:
+    """A reader of SEG-field.comp.sub in the first repetition ("" when absent or emptied).
 
-@dataclass(frozen=True, slots=True)
+    `whole` is for MSH-1/MSH-2, which hold the delimiters themselves: one unsplit leaf.
+    """
+    if whole:
+        def read_whole(view: _View) -> str:
+            fields = view.fields
+            raw = fields[field_no] if field_no < len(fields) else ""
+            return raw if comp == 1 and sub == 1 else ""
+        return read_whole
+    if comp == 1 and sub == 1:  # most paths: the first leaf, a prefix of the field
+        def read_first(view: _View) -> str:
+            fields = view.fields
+            raw = fields[field_no] if field_no < len(fields) else ""
+            if not raw:
+                return raw
+            rep_sep, comp_sep, sub_sep, esc, d = view.seps
+            if rep_sep in raw:
+                raw = raw.partition(rep_sep)[0]
+            if comp_sep in raw:
+                raw = raw.partition(comp_sep)[0]
+            if sub_sep in raw:
+                raw = raw.partition(sub_sep)[0]
+            return unescape(raw, d) if esc in raw else raw
+        return read_first
+
+    def read(view: _View) -> str:
+        fields = view.fields
+        raw = fields[field_no] if field_no < len(fields) else ""
+        if not raw:
+            return raw
+        seps = view.seps
+        return _leaf(raw.partition(seps[0])[0], comp, sub, seps)
+    return read
+
+
 class _Composite:
-    record: type[Any]
-    components: tuple[tuple[str, int, int], ...]
+    """A `types` entry: builds its record from one repetition's raw text."""
 
-    def build(self, rep: list[list[str]]) -> Any:
-        return self.record(**{name: _leaf(rep, c, s) for name, c, s in self.components})
+    __slots__ = ("_cache", "_fast", "_kwargs", "_pad", "_positions", "build", "empty", "record")
+
+    def __init__(self, record: type[Any], components: Sequence[tuple[str, int, int]],
+                 where: str) -> None:
+        self.record = record
+        names = _init_fields(record)
+        unknown = [name for name, _, _ in components if name not in names]
+        if unknown or not components:
+            raise MappingError(f"{where}: {record.__name__} has no attribute(s) {unknown}"
+                               if unknown else f"{where}: no components")
+        by_name = {name: (c, s) for name, c, s in components}
+        # Records are built positionally when the mapped attributes are the record's leading
+        # attributes (true of every type today); otherwise by keyword.
+        ordered = names[:len(by_name)]
+        self._kwargs: tuple[str, ...] | None = None
+        if set(ordered) != set(by_name):
+            ordered = [name for name, _, _ in components]
+            self._kwargs = tuple(ordered)
+        self._positions = tuple(by_name[name] for name in ordered)
+        # Fast path (no subcomponent or escape character in the repetition): every leaf is a
+        # whole component, or "" for a subcomponent past the first. Components are padded
+        # with "" so that a missing one, and index -1, read as "".
+        self._pad = [""] * max(c for c, _ in self._positions)
+        getter = operator.itemgetter(*(c - 1 if s == 1 else -1 for c, s in self._positions))
+        self._fast: Callable[[list[str]], tuple[str, ...]] = (
+            getter if len(self._positions) > 1 else lambda comps: (getter(comps),))
+        # The record for an empty field; records are frozen, so one instance serves all.
+        self.empty: Any = record()
+        # Codes, clinicians and facilities recur in nearly every message ("mL^mL^UCUM", a
+        # route, the administering nurse, the clinic): building their record once per distinct
+        # text saves most of their cost. Records about the patient (names, addresses, phones,
+        # identifiers) are never remembered, so no patient's details outlive the message.
+        self._cache: dict[str, Any] = {}
+        self.build: Callable[[str, _Seps], Any] = (
+            self._cached if record in _SHARED_RECORDS else self._build)
+
+    def _cached(self, rep: str, seps: _Seps) -> Any:
+        cache = self._cache
+        if seps is not _DEFAULT_SEPS:
+            return self._build(rep, seps)
+        found = cache.get(rep)
+        if found is None:
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()  # crude but thread-safe under the GIL and bounded
+            found = cache[rep] = self._build(rep, seps)
+        return found
+
+    def _build(self, rep: str, seps: _Seps) -> Any:
+        comp_sep, sub_sep, esc = seps[1], seps[2], seps[3]
+        if sub_sep in rep or esc in rep:
+            values: Sequence[str] = [_leaf(rep, c, s, seps) for c, s in self._positions]
+        else:
+            comps = rep.split(comp_sep)
+            comps.extend(self._pad)
+            values = self._fast(comps)
+        if self._kwargs is not None:
+            return self.record(**dict(zip(self._kwargs, values, strict=True)))
+        return self.record(*values)
+
+
+def _attr_reader(field_no: int, comp: int, sub: int, composite: _Composite | None,
+                 repeat: bool, convert: Callable[[str], Any]) -> _Read:
+    """The reader of one attribute: a leaf or a composite, the first repetition or all.
+
+    Not for MSH-1/MSH-2 (see `_text_reader`), which the loader only lets be read as text.
+    """
+    if composite is not None:
+        build, empty = composite.build, composite.empty
+        if repeat:
+            def read_composites(view: _View) -> tuple[Any, ...]:
+                fields = view.fields
+                raw = fields[field_no] if field_no < len(fields) else ""
+                if not raw:
+                    return ()
+                seps = view.seps
+                if seps[0] not in raw:  # one repetition, the usual case
+                    v = build(raw, seps)
+                    return (v,) if v else ()
+                return tuple(v for rep in raw.split(seps[0]) if (v := build(rep, seps)))
+            return read_composites
+
+        def read_composite(view: _View) -> Any:
+            fields = view.fields
+            raw = fields[field_no] if field_no < len(fields) else ""
+            if not raw:
+                return empty
+            seps = view.seps
+            return build(raw.partition(seps[0])[0], seps)
+        return read_composite
+    if repeat:
+        def read_leaves(view: _View) -> tuple[Any, ...]:
+            fields = view.fields
+            raw = fields[field_no] if field_no < len(fields) else ""
+            if not raw:
+                return ()
+            seps = view.seps
+            return tuple(v for rep in raw.split(seps[0])
+                         if (v := convert(_leaf(rep, comp, sub, seps))))
+        return read_leaves
+    return _converted(_text_reader(field_no, comp, sub, False), convert)
+
+
+def _converted(text: _Text, convert: Callable[[str], Any]) -> _Read:
+    return text if convert is _as_text else lambda view: convert(text(view))
 
 
 @dataclass(frozen=True, slots=True)
 class _Attr:
     name: str
     segment: str
-    field: int
-    comp: int
-    sub: int
-    composite: _Composite | None
-    repeat: bool
-    convert: Callable[[str], Any]
+    read: _Read
     normalise: str
-    when: tuple[tuple[str, int, int, int, frozenset[str]], ...]
+    when: tuple[tuple[str, _Text, frozenset[str]], ...]
 
-    def applies(self, ctx: Context) -> bool:
-        for seg, f, c, s, allowed in self.when:
-            view = ctx.get(seg)
-            if view is None or view.value(f, c, s) not in allowed:
-                return False
-        return True
 
-    def read(self, view: _View) -> Any:
-        if self.composite is None:
-            if self.repeat:
-                return tuple(v for rep in view.tree(self.field)
-                             if (v := self.convert(_leaf(rep, self.comp, self.sub))))
-            return self.convert(view.value(self.field, self.comp, self.sub))
-        reps = view.tree(self.field)
-        if self.repeat:
-            return tuple(v for rep in reps if (v := self.composite.build(rep)))
-        return self.composite.build(reps[0]) if reps else self.composite.record()
+def _holds(conditions: Sequence[tuple[str, _Text, frozenset[str]]], ctx: Context) -> bool:
+    """Every (segment, path, allowed values) condition holds in `ctx`."""
+    for seg, text, allowed in conditions:
+        view = ctx.get(seg)
+        if view is None or text(view) not in allowed:
+            return False
+    return True
+
+
+def _init_fields(record: type[Any]) -> list[str]:
+    return [f.name for f in dataclasses.fields(record) if f.init]
+
+
+class _Record:
+    """A one-segment record spec (patient, settings, ...) compiled to one reader per attribute.
+
+    The record is built positionally, in the record's own attribute order. An attribute the
+    YAML does not map, whose path is in another segment, or whose `when` does not hold gets
+    the record's default (records are frozen, so a default built once at load serves every
+    message).
+    """
+
+    __slots__ = ("_names", "_readers", "record")
+
+    def __init__(self, record: type[Any], segment: str, attrs: Sequence[_Attr],
+                 where: str) -> None:
+        self.record = record
+        by_name = {attr.name: attr for attr in attrs}
+        readers: list[_Read] = []
+        for f in dataclasses.fields(record):
+            if not f.init:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                raise MappingError(f"{where}: {record.__name__}.{f.name} has no default")
+            attr = by_name.get(f.name)
+            if attr is None or attr.segment != segment or any(
+                    seg != segment for seg, _, _ in attr.when):
+                readers.append(_constant(default))
+            elif attr.when:
+                readers.append(_conditional(attr.read, attr.when, default))
+            else:
+                readers.append(attr.read)
+        self._readers = tuple(readers)
+        self._names = _init_fields(record)
+
+    def build(self, view: _View) -> Any:
+        return self.record(*[read(view) for read in self._readers])
+
+    def reader(self, name: str) -> _Read:
+        """What `build(view).<name>` would be, without building the record."""
+        if name not in self._names:
+            raise MappingError(f"{self.record.__name__} has no attribute {name!r}")
+        return self._readers[self._names.index(name)]
+
+
+def _constant(value: Any) -> _Read:
+    return lambda view: value
+
+
+def _conditional(read: _Read, when: Sequence[tuple[str, _Text, frozenset[str]]],
+                 default: Any) -> _Read:
+    """`read` when every condition (all on the segment being read) holds, else `default`."""
+    conditions = tuple((text, allowed) for _, text, allowed in when)
+
+    def read_when(view: _View) -> Any:
+        for text, allowed in conditions:
+            if text(view) not in allowed:
+                return default
+        return read(view)
+    return read_when
 
 
 def _parse_path(text: str, where: str) -> tuple[str, int, int, int]:
     m = _PATH.match(str(text))
-    if m is None:
-        raise MappingError(f"{where}: {text!r} is not a SEG-field[.comp[.sub]] path")
-    return m[1], int(m[2]), int(m[3] or 1), int(m[4] or 1)
+    if m is None or 0 in (field_no := int(m[2]), comp := int(m[3] or 1), sub := int(m[4] or 1)):
+        raise MappingError(f"{where}: {text!r} is not a SEG-field[.comp[.sub]] path "
+                           "(numbered from 1)")
+    return m[1], field_no, comp, sub
 
 
 def _parse_comp(text: str, where: str) -> tuple[int, int]:
     parts = str(text).split(".")
-    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
-        raise MappingError(f"{where}: component {text!r} must be N or N.M")
+    if (not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts)
+            or any(int(p) == 0 for p in parts)):
+        raise MappingError(f"{where}: component {text!r} must be N or N.M (from 1)")
     return int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+
+
+def _text_at(path: tuple[str, int, int, int]) -> _Text:
+    seg, f, c, s = path
+    return _text_reader(f, c, s, seg == "MSH" and f <= 2)
+
+
+_NORMALISE = frozenset({"", "administered", "route"})
 
 
 class VxuMapper:
@@ -215,28 +432,49 @@ class VxuMapper:
         self._types = {name: _Composite(
             self._record(t["record"], f"types.{name}"),
             tuple((attr, *_parse_comp(c, f"types.{name}.{attr}"))
-                  for attr, c in t["components"].items()))
+                  for attr, c in t["components"].items()), f"types.{name}")
             for name, t in spec["types"].items()}
-        self._org_paths = [_parse_path(p, "organization") for p in spec["organization"]]
+        self._org_paths = tuple(_text_at(_parse_path(p, "organization"))
+                                for p in spec["organization"]
+                                if _parse_path(p, "organization")[0] == "MSH")
         self.patient_segment, self._patient = self._record_spec(spec["patient"], "patient")
-        self._patient_required = tuple(int(f) for f in spec["patient"].get("required", ()))
+        required = [int(f) for f in spec["patient"].get("required", ())]
+        if any(f < 1 for f in required):
+            raise MappingError(f"patient.required: {required} (fields are numbered from 1)")
+        self._patient_required = tuple(
+            (f, _text_at((self.patient_segment, f, 1, 1))) for f in required)
+        # A PID-7 that is sent but is no date is its own error when PID-7 is required.
+        self._dob_required = 7 in required
+        self._patient_dob = _text_at((self.patient_segment, 7, 1, 1))
         self.settings_segment, self._settings = self._record_spec(spec["settings"], "settings")
         self.nk1_segment, self._nk1 = self._record_spec(spec["responsible_person"],
                                                         "responsible_person")
         group = spec["order_group"]
         self._group_starts = frozenset(group["starts"])
         self._group_members = frozenset(group["members"])
-        self._group_attrs = tuple(self._attr(n, a, "", f"order_group.{n}")
+        self._group_attrs = tuple(self._attr(n, a, "", f"order_group.{n}", domain.Vaccination)
                                   for n, a in group["attributes"].items())
-        self._group_required = tuple(_parse_path(p, "order_group.required")
-                                     for p in group.get("required", ()))
+        self._group_required = tuple(
+            (seg, f, _text_at((seg, f, c, s)))
+            for seg, f, c, s in (_parse_path(p, "order_group.required")
+                                 for p in group.get("required", ())))
+        normalisers: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+            "administered": self._administered, "route": lambda route, _: self._route(route)}
+        self._group_plan = tuple((a.name, a.segment, a.read, a.when, normalisers.get(a.normalise))
+                                 for a in self._group_attrs)
         self._placeholder_keys = frozenset(str(k) for k in group.get("placeholder_keys", ()))
         self._kinds = tuple(
-            (tuple((*_parse_path(p, "order_group.kind"), _allowed(v))
-                   for p, v in (k.get("when") or {}).items()), domain.EventKind(k["kind"]))
+            (tuple((path[0], _text_at(path), _allowed(v))
+                   for path, v in ((_parse_path(p, "order_group.kind"), v)
+                                   for p, v in (k.get("when") or {}).items())),
+             domain.EventKind(k["kind"]))
             for k in group["kind"])
         obs = spec["observation"]
         self.obx_segment, self._obx = self._record_spec(obs, "observation")
+        self._obx_code = self._obx.reader("code")
+        self._obx_value = self._obx.reader("value")
+        self._obx_coded_value = self._obx.reader("coded_value")
+        self._obx_sub_id = self._obx.reader("sub_id")
         self._lift = {str(k): str(v) for k, v in (obs.get("lift") or {}).items()}
         self._vis = {str(k): (str(v["attribute"]), str(v.get("convert", "coded")))
                      for k, v in (obs.get("vis") or {}).items()}
@@ -272,29 +510,44 @@ class VxuMapper:
             raise MappingError(f"{where}: unknown record {name!r}")
         return _RECORDS[name]
 
-    def _record_spec(self, spec: Mapping[str, Any],
-                     where: str) -> tuple[str, tuple[type[Any], tuple[_Attr, ...]]]:
+    def _record_spec(self, spec: Mapping[str, Any], where: str) -> tuple[str, _Record]:
         segment = str(spec["segment"])
         record = self._record(spec["record"], where)
-        attrs = tuple(self._attr(n, a, segment, f"{where}.{n}")
+        attrs = tuple(self._attr(n, a, segment, f"{where}.{n}", record)
                       for n, a in spec["attributes"].items())
-        return segment, (record, attrs)
+        return segment, _Record(record, segment, attrs, where)
 
-    def _attr(self, name: str, a: Mapping[str, Any], segment: str, where: str) -> _Attr:
+    def _attr(self, name: str, a: Mapping[str, Any], segment: str, where: str,
+              record: type[Any]) -> _Attr:
+        if name not in _init_fields(record):
+            raise MappingError(f"{where}: {record.__name__} has no attribute {name!r}")
         if "path" in a:
             seg, f, c, s = _parse_path(a["path"], where)
         else:
             seg, f, c, s = segment, int(a["field"]), 1, 1
+            if f < 1:
+                raise MappingError(f"{where}: field {f} (fields are numbered from 1)")
         type_name = a.get("type")
         if type_name is not None and type_name not in self._types:
             raise MappingError(f"{where}: unknown type {type_name!r}")
         convert = str(a.get("convert", "text"))
         if convert not in _CONVERTERS:
             raise MappingError(f"{where}: unknown convert {convert!r}")
-        when = tuple((*_parse_path(p, where), _allowed(v)) for p, v in (a.get("when") or {}).items())
-        return _Attr(name, seg, f, c, s, self._types[type_name] if type_name else None,
-                     bool(a.get("repeat", False)), _CONVERTERS[convert],
-                     str(a.get("normalise", "")), when)
+        normalise = str(a.get("normalise", ""))
+        if normalise not in _NORMALISE:
+            raise MappingError(f"{where}: unknown normalise {normalise!r}")
+        when = tuple((path[0], _text_at(path), _allowed(v))
+                     for path, v in ((_parse_path(p, where), v)
+                                     for p, v in (a.get("when") or {}).items()))
+        composite = self._types[type_name] if type_name else None
+        repeat = bool(a.get("repeat", False))
+        if seg == "MSH" and f <= 2:
+            if composite is not None or repeat:
+                raise MappingError(f"{where}: MSH-{f} holds the delimiters; it is read as text")
+            read = _converted(_text_at((seg, f, c, s)), _CONVERTERS[convert])
+        else:
+            read = _attr_reader(f, c, s, composite, repeat, _CONVERTERS[convert])
+        return _Attr(name, seg, read, normalise, when)
 
     # -- public helpers --
 
@@ -310,45 +563,40 @@ class VxuMapper:
     def map(self, message: Message, dropped: frozenset[int] = frozenset(),
             emptied: frozenset[tuple[int, int]] = frozenset()) -> MappingResult:
         """Domain records for one VXU; `rejected` when the patient cannot be stored."""
-        views: list[_View] = []
-        counts: dict[str, int] = {}
-        for index, seg in enumerate(message.segments):
-            counts[seg.id] = counts.get(seg.id, 0) + 1
-            if index not in dropped:
-                views.append(_View(seg, index, counts[seg.id], emptied))
-        msh = views[0] if views and views[0].segment.id == "MSH" else None
+        views = _views(message, dropped, emptied)
         organization = ""
-        for seg_id, f, c, s in self._org_paths:
-            if msh is not None and seg_id == "MSH":
-                organization = msh.value(f, c, s).strip()
+        if views and views[0].id == "MSH":
+            for text in self._org_paths:
+                organization = text(views[0]).strip()
                 if organization:
                     break
 
         issues: list[Issue] = []
-        pid = next((v for v in views if v.segment.id == self.patient_segment), None)
+        pid = next((v for v in views if v.id == self.patient_segment), None)
         if pid is None:
             issues.append(Issue(100, Severity.ERROR, Location(self.patient_segment, 1),
                                 "The patient segment is missing; nothing was stored",
                                 7, "mapping.required"))
             return MappingResult(None, tuple(issues), True)
-        for f in self._patient_required:
-            if not pid.value(f).strip():
-                issues.append(Issue(101, Severity.ERROR, Location(pid.segment.id, 1, f),
-                                    f"Required field {pid.segment.id}-{f} is missing; the "
+        for f, text in self._patient_required:
+            if not text(pid).strip():
+                issues.append(Issue(101, Severity.ERROR, Location(pid.id, 1, f),
+                                    f"Required field {pid.id}-{f} is missing; the "
                                     "message was not stored", 7, "mapping.required"))
-        patient: domain.Patient = self._build(self._patient, {pid.segment.id: pid})
-        if patient.birth_date is None and pid.value(7).strip() and 7 in self._patient_required:
-            issues.append(Issue(102, Severity.ERROR, Location(pid.segment.id, 1, 7),
+        patient: domain.Patient = self._patient.build(pid)
+        if (patient.birth_date is None and self._dob_required
+                and self._patient_dob(pid).strip()):
+            issues.append(Issue(102, Severity.ERROR, Location(pid.id, 1, 7),
                                 "PID-7 is not a valid date; the message was not stored", 2,
                                 "mapping.required"))
         if issues:
             return MappingResult(None, tuple(issues), True)
 
-        pd1 = next((v for v in views if v.segment.id == self.settings_segment), None)
-        settings = (self._build(self._settings, {pd1.segment.id: pd1}) if pd1
+        pd1 = next((v for v in views if v.id == self.settings_segment), None)
+        settings = (self._settings.build(pd1) if pd1
                     else domain.PatientSettings())
-        persons = tuple(self._build(self._nk1, {v.segment.id: v}) for v in views
-                        if v.segment.id == self.nk1_segment)
+        persons = tuple(self._nk1.build(v) for v in views
+                        if v.id == self.nk1_segment)
         events = []
         for group in self._order_groups(views):
             event, problems = self._event(group)
@@ -359,24 +607,14 @@ class VxuMapper:
                          has_pd1=pd1 is not None)
         return MappingResult(vxu, tuple(issues), False)
 
-    def _build(self, spec: tuple[type[Any], tuple[_Attr, ...]], ctx: Context) -> Any:
-        record, attrs = spec
-        values: dict[str, Any] = {}
-        for attr in attrs:
-            view = ctx.get(attr.segment)
-            if view is None or (attr.when and not attr.applies(ctx)):
-                continue
-            values[attr.name] = attr.read(view)
-        return record(**values)
-
     def _order_groups(self, views: Sequence[_View]) -> list[list[_View]]:
         groups: list[list[_View]] = []
         current: list[_View] | None = None
         for view in views:
-            seg_id = view.segment.id
+            seg_id = view.id
             starts = seg_id in self._group_starts and (
                 current is None or seg_id == "ORC"
-                or any(v.segment.id == seg_id for v in current))
+                or any(v.id == seg_id for v in current))
             if starts:
                 current = [view]
                 groups.append(current)
@@ -389,11 +627,11 @@ class VxuMapper:
     def _event(self, group: list[_View]) -> tuple[domain.Vaccination | None, list[Issue]]:
         ctx: dict[str, _View] = {}
         for view in group:
-            ctx.setdefault(view.segment.id, view)
+            ctx.setdefault(view.id, view)
         problems = []
-        for seg, f, c, s in self._group_required:
+        for seg, f, text in self._group_required:
             required = ctx.get(seg)
-            if required is None or not required.value(f, c, s).strip():
+            if required is None or not text(required).strip():
                 seq = (required.sequence if required
                        else ctx["ORC"].sequence if "ORC" in ctx else 1)
                 problems.append(Issue(101, Severity.ERROR, Location(seg, seq, f),
@@ -404,43 +642,47 @@ class VxuMapper:
 
         kind = domain.EventKind.DOSE
         for conditions, candidate in self._kinds:
-            if all((v := ctx.get(seg)) is not None and v.value(f, c, s) in allowed
-                   for seg, f, c, s, allowed in conditions):
+            if _holds(conditions, ctx):
                 kind = candidate
                 break
         values: dict[str, Any] = {"kind": kind,
                                   "orc_sequence": ctx["ORC"].sequence if "ORC" in ctx else 0,
                                   "rxa_sequence": ctx["RXA"].sequence if "RXA" in ctx else 0}
-        for attr in self._group_attrs:
-            source = ctx.get(attr.segment)
-            if source is None or (attr.when and not attr.applies(ctx)):
+        for name, segment, read, when, normalise in self._group_plan:
+            source = ctx.get(segment)
+            if source is None or (when and not _holds(when, ctx)):
                 continue
-            value = attr.read(source)
-            if attr.normalise == "administered":
-                values.update(self._product_codes(value))
-            elif attr.normalise == "route":
-                value = self._route(value)
-            values[attr.name] = value
+            value = read(source)
+            if normalise is not None:
+                value = normalise(value, values)
+            values[name] = value
 
         observations: list[domain.Observation] = []
         vis: dict[str, dict[str, Any]] = {}
         for view in group:
-            if view.segment.id != self.obx_segment:
+            if view.id != self.obx_segment:
                 continue
-            obs: domain.Observation = self._build(self._obx, {view.segment.id: view})
-            code = obs.code.code
+            # Funding and VIS observations need three of the Observation's attributes: read
+            # those rather than build the whole record.
+            code = self._obx_code(view).code
             if code in self._lift:
-                values[self._lift[code]] = obs.coded_value
+                values[self._lift[code]] = self._obx_coded_value(view)
             elif code in self._vis:
                 name, how = self._vis[code]
-                raw = obs.value or obs.coded_value.code
-                vis.setdefault(obs.sub_id, {})[name] = (
-                    hl7_date(raw) if how == "date" else obs.coded_value)
+                coded_value = self._obx_coded_value(view)
+                raw = self._obx_value(view) or coded_value.code
+                vis.setdefault(self._obx_sub_id(view), {})[name] = (
+                    hl7_date(raw) if how == "date" else coded_value)
             else:
-                observations.append(obs)
+                observations.append(self._obx.build(view))
         values["observations"] = tuple(observations)
         values["vis"] = tuple(domain.Vis(**v) for _, v in sorted(vis.items()))
         return domain.Vaccination(**values), []
+
+    def _administered(self, coded: domain.Coded, values: dict[str, Any]) -> domain.Coded:
+        """RXA-5 stays as sent; the product codes it carries are added to `values`."""
+        values.update(self._product_codes(coded))
+        return coded
 
     def _product_codes(self, coded: domain.Coded) -> dict[str, str]:
         """cvx/ndc/cpt from RXA-5 (either triplet); NDC and CPT also give a CVX."""
@@ -465,6 +707,36 @@ class VxuMapper:
             return domain.Coded(ncit, text, self._route_system,
                                 route.code, route.text, route.system)
         return route
+
+
+def _views(message: Message, dropped: frozenset[int],
+           emptied: frozenset[tuple[int, int]]) -> list[_View]:
+    """The segments validation kept, with the fields it emptied blanked (on a copy)."""
+    hidden: dict[int, list[int]] = {}
+    for index, field_no in emptied:
+        hidden.setdefault(index, []).append(field_no)
+    views: list[_View] = []
+    counts: dict[str, int] = {}
+    last_delims: Delimiters | None = None
+    seps: _Seps | None = None
+    for index, seg in enumerate(message.segments):
+        seg_id = seg.id
+        counts[seg_id] = sequence = counts.get(seg_id, 0) + 1
+        if index in dropped:
+            continue
+        d = seg.delimiters
+        if d is not last_delims or seps is None:
+            last_delims = d
+            seps = (_DEFAULT_SEPS if d == DEFAULT_DELIMITERS
+                    else (d.repetition, d.component, d.subcomponent, d.escape, d))
+        fields = seg.fields
+        if index in hidden:
+            fields = list(fields)
+            for field_no in hidden[index]:
+                if 0 < field_no < len(fields):
+                    fields[field_no] = ""
+        views.append(_View(seg_id, fields, seps, sequence))
+    return views
 
 
 def _allowed(value: Any) -> frozenset[str]:
