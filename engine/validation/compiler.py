@@ -110,6 +110,11 @@ class Statement:
     # datatype statements: check and guard over the repetition's component list (fast path)
     parts_check: Evaluator | None = None
     parts_guard: Evaluator | None = None
+    # first steps (fields, in a segment context) of every path the check and guard read:
+    # a segment statement reading one field is a pure function of that field's text
+    reads: frozenset[int] = frozenset()
+    # group statements: the position steps of every path read (child positions, then field)
+    group_reads: frozenset[tuple[int, ...]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +299,17 @@ def _components(pid: str, seg_id: str, field_no: int, dt_flavour: str,
     return tuple(out)
 
 
+def _paths(expr: Mapping[str, Any] | None) -> set[tuple[int, ...]]:
+    """The position steps of every path an assertion expression reads."""
+    if not expr:
+        return set()
+    out = {tuple(n for n, _ in parse_path(expr[key])) for key in ("path", "path1", "path2")
+           if key in expr}
+    for arg in expr.get("args", ()):
+        out |= _paths(arg)
+    return out
+
+
 def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
     context = c["context"]
     check = compile_expr(c["assertion"], tables.sets, context)
@@ -303,6 +319,7 @@ def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
     if check is not None and context in ("segment", "datatype") and target:
         guard = compile_expr({"op": "Presence", "path": target}, tables.sets, context)
     steps = parse_path(target) if target else ()
+    paths = _paths(c["assertion"])
     parts_check = parts_guard = None
     if context == "datatype" and check is not None:
         parts_check = compile_expr(c["assertion"], tables.sets, "parts")
@@ -312,7 +329,9 @@ def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
                      if context == "group" else c["of"], target=target,
                      description=c["description"], check=check, kind=kind, guard=guard,
                      target_first=steps[0][0] if steps else 0,
-                     parts_check=parts_check, parts_guard=parts_guard)
+                     parts_check=parts_check, parts_guard=parts_guard,
+                     reads=frozenset({p[0] for p in paths} | ({steps[0][0]} if steps else set())),
+                     group_reads=frozenset(paths) if context == "group" else frozenset())
 
 
 def compile_profile(data: Mapping[str, Any], tables: CodeTables,

@@ -13,6 +13,16 @@ segment flavour of each profile is compiled into a `SegmentPlan`:
   components, datatype conformance statements), as closures over the raw field text;
 - `dynamic`: OBX-5, whose datatype OBX-2 chooses.
 
+`verdict()` adds the segment's conformance statements (all but the natively evaluated SetID
+ones) and memoises: the pair (clean?, failing statements) per segment text, each statement
+group's failures per text of the fields it reads (`Statement.reads`), and each coded test per
+field text. These are pure functions of those texts under the default delimiters, so the memo
+is exact; it is bounded (SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan,
+FIELD_MEMO keys of up to FIELD_TEXT characters per field test or statement group; a full dict
+is cleared) because a
+registry sees millions of distinct ids, names and dates, while the values that repeat (codes,
+whole RXR/OBX/PD1 segments) come straight back after a clear.
+
 The plan is a conservative filter, never the judge: `clean()` is True only when the full
 field-by-field check in `engine.validation.validator` would report nothing and change nothing.
 Anything else (a finding, an escape sequence, other delimiters, a 29 February) goes to that
@@ -22,9 +32,11 @@ that are valid in every year; a leap day takes the full path and is judged there
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from engine.hl7.escape import DEFAULT_DELIMITERS, Delimiters
 from engine.validation.compiler import ComponentRule, FieldRule, SegmentRules, Statement
@@ -56,6 +68,20 @@ _FAST_FORMATS = {
 assert set(_FAST_FORMATS) == set(FORMATS)
 
 FieldCheck = Callable[[str], bool]  # raw (escape-free) valued field text -> clean?
+K = TypeVar("K")
+V = TypeVar("V")
+Verdict = tuple[bool, tuple[int, ...]]  # (clean, indexes of failing segment statements)
+
+# Memo bounds. A registry sees millions of distinct ids, names and dates, so every memo is a
+# dict that is cleared when it reaches its size, and long keys are never kept: at most
+# SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan, and FIELD_MEMO keys of
+# up to FIELD_TEXT characters per field test, statement group or validator memo. Worst case
+# for the 28 inbound plans (457 field tests, 50 statement groups): about 28 * 1024 * 0.6 kB
+# + 550 * 256 * 0.25 kB = 17 + 35 MB; real keys are far shorter (codes, short segments).
+SEGMENT_MEMO = 1024
+MEMO_TEXT = 512
+FIELD_MEMO = 256
+FIELD_TEXT = 128
 Conditional = tuple[int, Callable[[list[str], Delimiters], bool], str, str, bool, bool]
 
 
@@ -182,12 +208,80 @@ def _all_reps(statements: tuple[Statement, ...]) -> FieldCheck:
                            for rep in raw.split("~"))
 
 
+def remember(memo: dict[K, V], key: K, value: V, size: int) -> None:
+    """Store in a bounded memo: cleared when full (distinct values are unbounded in a
+    registry, while the repeated ones come straight back)."""
+    if len(memo) >= size:
+        memo.clear()
+    memo[key] = value
+
+
+def _memo(check: FieldCheck) -> FieldCheck:
+    """`check`, remembering its answer per field text (the dynamic OBX-5 cases)."""
+    memo: dict[str, bool] = {}
+
+    def cached(raw: str) -> bool:
+        got = memo.get(raw)
+        if got is None:
+            got = check(raw)
+            if len(raw) <= FIELD_TEXT:
+                remember(memo, raw, got, FIELD_MEMO)
+        return got
+    return cached
+
+
+# (fields read, memo of failing statement indexes per read text(s), (index, statement)...)
+StatementGroup = tuple[tuple[int, ...], Callable[[list[str]], object],
+                       dict[object, tuple[int, ...]], tuple[tuple[int, Statement], ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentPlan:
     shape: re.Pattern[str]
     conditional: tuple[Conditional, ...]
-    coded: tuple[tuple[int, FieldCheck], ...]
+    # (field, clean-test, memo of its answer per field text): the tests are pure functions of
+    # the text and senders repeat most coded values (CVX, MVX, routes, funding, VIS documents)
+    coded: tuple[tuple[int, FieldCheck, dict[str, bool]], ...]
     dynamic: tuple[int, int, int, Mapping[str, tuple[re.Pattern[str], FieldCheck | None]]] | None
+    # the segment's conformance statements evaluated natively (SetID...): their results
+    # depend on the segment's position, so `verdict` leaves them to the validator
+    native: bool = False
+    # the checked segment statements, grouped by the fields they read (see `verdict`)
+    statements: tuple[StatementGroup, ...] = ()
+    memo: dict[str, Verdict] = field(default_factory=dict, compare=False, repr=False)
+
+    def verdict(self, raw: str, fields: list[str]) -> Verdict:
+        """`clean()` and the failing segment statements of a default-delimiter segment.
+
+        Both are pure functions of the segment text (a segment statement reads only its
+        segment's fields; none depends on the date or on other segments), so the pair is
+        remembered per segment text, and each statement group's failures per text of the
+        fields it reads: a repeated segment (RXR, funding/VIS OBX, PD1...) costs one dict
+        look-up, a new one mostly look-ups of repeated field values.
+        """
+        memo = self.memo
+        got = memo.get(raw)
+        if got is not None:
+            return got
+        failing: tuple[int, ...] = ()
+        count = len(fields)
+        for reads, pick, fails, sts in self.statements:
+            key = pick(fields) if reads[-1] < count else tuple(
+                fields[n] if n < count else "" for n in reads)
+            bad = fails.get(key)
+            if bad is None:
+                bad = tuple(k for k, st in sts
+                            if st.check is not None and not st.check(fields, D)
+                            and (st.guard is None or st.guard(fields, D)))
+                size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
+                if size <= FIELD_TEXT:
+                    remember(fails, key, bad, FIELD_MEMO)
+            if bad:
+                failing += bad
+        got = (self.clean(raw, fields), failing)
+        if len(raw) <= MEMO_TEXT:
+            remember(memo, raw, got, SEGMENT_MEMO)
+        return got
 
     def clean(self, raw: str, fields: list[str]) -> bool:
         """True when the full check of this segment would find nothing (default delimiters)."""
@@ -201,9 +295,18 @@ class SegmentPlan:
                     return False
             elif if_valued and (true_usage if cond(fields, D) else false_usage) == "X":
                 return False
-        for n, check in self.coded:
-            if n < count and fields[n] and not check(fields[n]):
-                return False
+        for n, check, known in self.coded:
+            if n >= count:
+                break  # sorted by field number
+            text = fields[n]
+            if text:
+                ok = known.get(text)
+                if ok is None:
+                    ok = check(text)
+                    if len(text) <= FIELD_TEXT:
+                        remember(known, text, ok, FIELD_MEMO)
+                if not ok:
+                    return False
         if self.dynamic is not None:
             return self._dynamic_clean(fields)
         return True
@@ -236,7 +339,7 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
     parts: list[str] = []
     required: list[bool] = []
     conditional: list[Conditional] = []
-    coded: list[tuple[int, FieldCheck]] = []
+    coded: list[tuple[int, FieldCheck, dict[str, bool]]] = []
     dyn_n = rules.dynamic[0] if rules.dynamic is not None else 0
     for n in range(1, top + 1):
         r = by_n.get(n)
@@ -265,9 +368,9 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
         if n != dyn_n:
             check = _field_check(r, r.components, statements)
             if check is not None:
-                coded.append((n, check))
+                coded.append((n, check, {}))
         elif statements:
-            coded.append((n, _all_reps(statements)))
+            coded.append((n, _all_reps(statements), {}))
     head = (r"MSH\|" + re.escape(D.encoding_characters)) if msh else re.escape(rules.id)
     tail = r"(?s:\|.*)?"
     body = _nest(["", *parts], [False, *required], "|", tail) if parts else tail
@@ -280,7 +383,20 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
             comps = datatypes.get(flavour, ())
             datatype = flavour.split("_")[0]
             pattern = _field_pattern(r, comps, datatype, False, "O")
-            cases[kind] = (re.compile(pattern), _field_check(r, comps, ()))
+            check = _field_check(r, comps, ())
+            cases[kind] = (re.compile(pattern), None if check is None else _memo(check))
         dynamic = (n, ref, r.max, cases)
     return SegmentPlan(shape=re.compile(head + body), conditional=tuple(conditional),
-                       coded=tuple(coded), dynamic=dynamic)
+                       coded=tuple(coded), dynamic=dynamic,
+                       native=any(st.check is None for st in rules.statements),
+                       statements=_statement_groups(rules.statements))
+
+
+def _statement_groups(statements: tuple[Statement, ...]) -> tuple[StatementGroup, ...]:
+    """Checked segment statements grouped by the fields they read, for `verdict`'s memo."""
+    by_reads: dict[tuple[int, ...], list[tuple[int, Statement]]] = {}
+    for k, st in enumerate(statements):
+        if st.check is not None:
+            by_reads.setdefault(tuple(sorted(st.reads)) or (0,), []).append((k, st))
+    return tuple((reads, operator.itemgetter(*reads), {}, tuple(sts))
+                 for reads, sts in by_reads.items())

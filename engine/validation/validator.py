@@ -17,7 +17,22 @@ Execution (what runs per message, and why it is cheap when the message is clean)
   expression plus value-set/predicate closures); only a segment the plan cannot call clean
   goes through the field-by-field check below, which alone creates findings;
 - statements and predicates are closures over the segment's raw field list with the path
-  resolved at load (`paths`), evaluated check-first (the guard only matters on failure).
+  resolved at load (`paths`), evaluated check-first (the guard only matters on failure);
+- memos (default delimiters only): the plan's verdict (clean? which segment statements fail?)
+  per segment text and per text of the fields each statement reads, the value-set tests per
+  field text, group statements per (instance structure, texts of the fields their paths
+  name), IZ-24 per RXA-5/9/20 + OBX-3 texts, the RXA code rules per RXA-5/9/17/20 texts,
+  and dates per text. All are pure functions of their key, so a result never depends on
+  what was validated before (tests/validation/test_memo.py). Senders repeat coded values
+  and whole segments (RXR, funding/VIS OBX, PD1) while ids, names and dates differ, so a
+  new message costs mostly look-ups plus the regular expressions of its new segments.
+  Bounds: each memo is a dict cleared when full - plan.SEGMENT_MEMO (1024) segment texts
+  of up to plan.MEMO_TEXT (512) characters per plan; plan.FIELD_MEMO (256) keys of up to
+  plan.FIELD_TEXT (128) characters per field test / statement group / group statement /
+  IZ-24 / RXA / date memo (group statement keys: up to GROUP_TEXT, 2048) - about 55 MB in
+  the worst case (see plan.py), far less with real keys. Look-ups and stores are single dict operations (`.get`,
+  never `in` then `[...]`), so a thread pool sharing one Validator stays correct under the
+  GIL: a clear racing a look-up only costs a recomputation.
 
 Decisions (written down because nobody else will):
 - MSH is never "rejected": MSH-9/11/12 are the pipeline's accept checks; other empty R fields
@@ -56,7 +71,7 @@ from engine.validation.compiler import (
 )
 from engine.validation.formats import FORMATS, to_date
 from engine.validation.paths import GroupNode, parse_path
-from engine.validation.plan import SegmentPlan, build_plan
+from engine.validation.plan import FIELD_MEMO, FIELD_TEXT, SegmentPlan, build_plan, remember
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
 INBOUND = ("Z22", "Z34", "Z44")
@@ -74,6 +89,9 @@ RULE_ALIASES = {("RXA", 18): "business.refusal_without_reason"}
 _NONE: frozenset[int] = frozenset()
 _NONE_FIELDS: frozenset[tuple[int, int]] = frozenset()
 SHAPE_CACHE_SIZE = 1024  # distinct (profile, segment-id sequence) structures kept
+# group statement keys hold whole segment texts (a path may stop at a segment); 6 such memos
+GROUP_TEXT = 2048
+Projection = tuple[tuple[int, int], ...]  # (segment index, field; 0 = whole segment) read
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +194,14 @@ class _Shape(_State):
         self.members: dict[int, tuple[int, ...]] = {}
         self.groups: list[tuple[GroupNode, tuple[Statement, ...]]] = []
         self._walk(p.grammar, self.root)
+        # per group instance: (structure signature, per statement the fields it reads)
+        self.projections = tuple(self._projections(inst, sts) for inst, sts in self.groups)
+        # per ORDER instance: (RXA index, OBX indexes) for IZ-24
+        self.vis_parts: dict[int, tuple[int | None, tuple[int, ...]]] = {}
+        for inst, _sts in self.groups:
+            idx = self.indexes(inst)
+            self.vis_parts[id(inst)] = (next((j for j in idx if ids[j] == "RXA"), None),
+                                        tuple(j for j in idx if ids[j] == "OBX"))
         self.obx = tuple(i for i in self.order if ids[i] == "OBX")
         self.obx_restart = self._obx_restart()
         self.orders = tuple(
@@ -198,6 +224,51 @@ class _Shape(_State):
             for item in inst.children.get(ch.position, []):
                 if isinstance(item, GroupNode):
                     self._walk(ch, item)
+
+    def _projections(self, inst: GroupNode, sts: tuple[Statement, ...]
+                     ) -> tuple[str, tuple[Projection | None, ...]]:
+        """What a group statement's result depends on, for the validator's memo.
+
+        A group statement reads fields of the instance's segments through NIST paths (child
+        positions, then a field); its result is a pure function of the instance's structure
+        (the signature: every segment's chain of (position, item number) and id) and of the
+        texts of the fields its paths name: (segment index, field) pairs, field 0 meaning the
+        whole segment text (a path that stops at a segment or group reads all of it).
+        """
+        chains: list[tuple[tuple[tuple[int, int], ...], int]] = []
+
+        def walk(node: GroupNode, prefix: tuple[tuple[int, int], ...]) -> None:
+            for pos in sorted(node.children):
+                for k, item in enumerate(node.children[pos]):
+                    if isinstance(item, GroupNode):
+                        walk(item, (*prefix, (pos, k)))
+                    else:
+                        chains.append(((*prefix, (pos, k)), item))
+        walk(inst, ())
+        # a string: it caches its hash, which a nested tuple would recompute per look-up
+        signature = repr(tuple((chain, self.ids[i]) for chain, i in chains))
+        projections: list[Projection | None] = []
+        for st in sts:
+            if st.check is None:
+                projections.append(None)
+                continue
+            reads: list[tuple[int, int]] = []
+            for chain, i in chains:
+                at = tuple(pos for pos, _k in chain)
+                depth = len(at)
+                fields: set[int] = set()
+                whole = False
+                for path in st.group_reads:
+                    if path[:depth] == at:
+                        if len(path) > depth:
+                            fields.add(path[depth])
+                        else:
+                            whole = True
+                    elif at[:len(path)] == path:
+                        whole = True
+                reads.extend([(i, 0)] if whole else [(i, n) for n in sorted(fields)])
+            projections.append(tuple(reads))
+        return signature, tuple(projections)
 
     def _obx_restart(self) -> tuple[str, ...]:
         """NIST-01's per-group numbering of the OBX segments (OBX-1 restarting per group)."""
@@ -315,16 +386,24 @@ class _Run(_State):
         self.placed, self.parent, self.root = shape.placed, shape.parent, shape.root
         self.emptied: set[tuple[int, int]] = set()
         self.r_empty: dict[int, int] = {}  # segment index -> first empty R field
+        # segment index -> failing statements (plan.verdict); None: evaluate them here
+        self.failing: dict[int, tuple[int, ...]] | None = None
 
     # -- fields --------------------------------------------------------------------------
     def fields(self) -> None:
-        fast = self.segs[0].delimiters == DEFAULT_DELIMITERS
         segs = self.segs
+        if segs[0].delimiters != DEFAULT_DELIMITERS:
+            for i, rules, _plan in self.shape.checks:
+                self._segment(i, rules)
+            return
+        failing = self.failing = {}
         for i, rules, plan in self.shape.checks:
             seg = segs[i]
-            if fast and plan.clean(seg.raw, seg.fields):
-                continue
-            self._segment(i, rules)
+            clean, bad = plan.verdict(seg.raw, seg.fields)
+            if bad:
+                failing[i] = bad
+            if not clean:
+                self._segment(i, rules)
 
     @staticmethod
     def _usage(rule: FieldRule | ComponentRule, context: list[str] | str, d: Delimiters) -> str:
@@ -513,6 +592,21 @@ class _Run(_State):
 
     def statements(self) -> None:
         segs, dropped = self.segs, self.dropped
+        failing = self.failing
+        if failing is not None:
+            # the plans already evaluated every checked statement (memoised per segment text)
+            for i, rules, plan in self.shape.checks:
+                bad = failing.get(i, ())
+                if (not bad and not plan.native) or i in dropped:
+                    continue
+                for k, st in enumerate(rules.statements):
+                    if st.check is None:
+                        if st.kind == "SetID":
+                            self._set_id(i, st, rules.flavour)
+                    elif k in bad:
+                        self._statement_issue(i, st, st.target_first)
+            self._groups()
+            return
         for i, rules, _plan in self.shape.checks:
             if i in dropped or not rules.statements:
                 continue
@@ -536,17 +630,34 @@ class _Run(_State):
             self._statement_issue(i, st, fld)
 
     def _groups(self) -> None:
-        dropped = self.dropped
-        for inst, sts in self.shape.groups:
+        dropped, segs = self.dropped, self.segs
+        memos = self.v.group_memos if self.failing is not None else None
+        for (inst, sts), (signature, projections) in zip(self.shape.groups,
+                                                          self.shape.projections, strict=True):
             if not sts:
                 continue
             lost = not dropped.isdisjoint(self.shape.indexes(inst))
-            for st in sts:
+            for st, projection in zip(sts, projections, strict=True):
                 if st.check is None or lost:
                     if st.kind == "IMPLY" and st.id == "IZ-24":
                         self._vis(inst)
                     continue
-                if not st.check(inst, self.segs):
+                if memos is None or projection is None:
+                    ok = st.check(inst, segs)
+                else:
+                    # default delimiters: the result is a pure function of the structure and
+                    # the texts read (see _Shape._projections), remembered per statement
+                    texts = tuple([segs[i].raw if n == 0 else _field(segs[i].fields, n)
+                                   for i, n in projection])
+                    key = (signature, texts)
+                    memo = memos[id(st)]
+                    got = memo.get(key)
+                    if got is None:
+                        got = st.check(inst, segs)
+                        if sum(map(len, texts)) <= GROUP_TEXT:
+                            remember(memo, key, got, FIELD_MEMO)
+                    ok = got
+                if not ok:
                     i, fld = self._group_target(inst, st.target)
                     self._statement_issue(i, st, fld)
         self._obx_set_ids()
@@ -568,18 +679,36 @@ class _Run(_State):
 
     def _vis(self, inst: GroupNode) -> None:
         """IZ-24 (a NIST plug-in): administered VIS vaccines need their VIS OBX set."""
-        idx = inst.segment_indexes()
-        rxa = next((j for j in idx if self.segs[j].id == "RXA"), None)
+        rxa, obx = self.shape.vis_parts[id(inst)]
         if rxa is None or rxa in self.dropped:
             return
+        if self.failing is None:  # other delimiters: no memo
+            if self._vis_missing(rxa, obx):
+                self._vis_issue(rxa)
+            return
+        # a pure function of RXA-5/9/20 and the OBX-3 texts (default delimiters)
+        f = self.segs[rxa].fields
+        key = (_field(f, 5), _field(f, 9), _field(f, 20),
+               *[_field(self.segs[j].fields, 3) for j in obx])
+        memo = self.v.vis_memo
+        missing = memo.get(key)
+        if missing is None:
+            missing = self._vis_missing(rxa, obx)
+            if sum(map(len, key)) <= FIELD_TEXT:
+                remember(memo, key, missing, FIELD_MEMO)
+        if missing:
+            self._vis_issue(rxa)
+
+    def _vis_missing(self, rxa: int, obx: tuple[int, ...]) -> bool:
         s = self.segs[rxa]
         if not (s.value(20) in ("CP", "PA") and s.value(9) == "00"):
-            return
+            return False
         if s.value(5) not in self.v.tables.sets.get("PHVS_VISVaccines_IIS", frozenset()):
-            return
-        obs = {self.segs[j].value(3) for j in idx if self.segs[j].id == "OBX"}
-        if "29769-7" in obs and ("69764-9" in obs or {"30956-7", "29768-9"} <= obs):
-            return
+            return False
+        obs = {self.segs[j].value(3) for j in obx}
+        return not ("29769-7" in obs and ("69764-9" in obs or {"30956-7", "29768-9"} <= obs))
+
+    def _vis_issue(self, rxa: int) -> None:
         self.add(rxa, 10**5, APPLICATION_ERROR, W, self.loc(rxa, 5),
                  "IZ-24: administered vaccine has no complete VIS observation set "
                  "(69764-9 + 29769-7, or 30956-7 + 29768-9 + 29769-7)",
@@ -590,7 +719,7 @@ class _Run(_State):
         obx = self.shape.obx
         if not obx:
             return
-        ids = [self.segs[i].value(1) for i in obx]
+        ids = [self.leaf(self.segs[i], 1) for i in obx]
         if all(got == str(n) for n, got in enumerate(ids, start=1)):
             return
         for i, got, want in zip(obx, ids, self.shape.obx_restart, strict=True):
@@ -608,14 +737,14 @@ class _Run(_State):
         dob = None
         if pid is not None and pid not in self.dropped and (pid, 7) not in self.emptied:
             s = self.segs[pid]
-            dob = to_date(s.value(7))
+            dob = _to_date(self.leaf(s, 7))
             if dob is not None and dob > self.today:
                 self.add(pid, 7, REQUIRED_MISSING, E, self.loc(pid, 7),
                          "Birth date (PID-7) is after today: patient rejected", ILLOGICAL_DATE,
                          "business.dob_future")
                 self.empty_field(pid, 7, "R", REQUIRED_MISSING)
                 dob = None
-            death = to_date(s.value(29))
+            death = _to_date(self.leaf(s, 29))
             if dob is not None and death is not None and death < dob:
                 self.add(pid, 29, APPLICATION_ERROR, W, self.loc(pid, 29),
                          "Death date (PID-29) is before the birth date: ignored",
@@ -631,9 +760,8 @@ class _Run(_State):
 
     def _rxa(self, i: int, dob: date | None, inst: GroupNode) -> None:
         s = self.segs[i]
-        tables = self.v.tables
         if (i, 3) not in self.emptied:
-            when = to_date(s.value(3))
+            when = _to_date(self.leaf(s, 3))
             if when is not None and self.today is not None and when > self.today:
                 self.add(i, 3, REQUIRED_MISSING, E, self.loc(i, 3),
                          "Vaccination date (RXA-3) is in the future: dose rejected",
@@ -646,22 +774,52 @@ class _Run(_State):
                 self.empty_field(i, 3, "R", REQUIRED_MISSING)
         if (i, 5) in self.emptied:
             return
-        code, system = s.value(5, 1), s.value(5, 3)
-        cvx = tables.ndc.get(code, "") if system == "NDC" or code in tables.ndc else code
-        administered = s.value(9) == "00" and s.value(20) in ("", "CP", "PA")
-        status = tables.cvx.get(cvx, {}).get("status", "")
-        if administered and status in ("Non-US", "Never Active"):
+        if self.failing is None:  # other delimiters: no memo
+            cvx, status, mvx = self._rxa_codes(s)
+        else:
+            # a pure function of RXA-5/9/17/20 (default delimiters); doses repeat codes
+            f = s.fields
+            key = (_field(f, 5), _field(f, 9), _field(f, 17), _field(f, 20))
+            memo = self.v.rxa_memo
+            got = memo.get(key)
+            if got is None:
+                got = self._rxa_codes(s)
+                if sum(map(len, key)) <= FIELD_TEXT:
+                    remember(memo, key, got, FIELD_MEMO)
+            cvx, status, mvx = got
+        if status:
             self.add(i, 5, APPLICATION_ERROR, E, self.loc(i, 5, 1, 1),
                      f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
                      "dose", INVALID_VALUE, "business.cvx_not_administrable")
             self.empty_field(i, 5, "R", APPLICATION_ERROR)
             return
-        mvx = s.value(17, 1)
-        allowed = tables.cvx_mvx.get(cvx)
-        if mvx and allowed and mvx not in allowed and (i, 17) not in self.emptied:
+        if mvx and (i, 17) not in self.emptied:
             self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
                      f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
                      ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
+
+    def _rxa_codes(self, s: Segment) -> tuple[str, str, str]:
+        """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker)."""
+        tables = self.v.tables
+        code, system = s.value(5, 1), s.value(5, 3)
+        cvx = tables.ndc.get(code, "") if system == "NDC" or code in tables.ndc else code
+        administered = s.value(9) == "00" and s.value(20) in ("", "CP", "PA")
+        status = tables.cvx.get(cvx, {}).get("status", "")
+        if administered and status in ("Non-US", "Never Active"):
+            return cvx, status, ""
+        mvx = s.value(17, 1)
+        allowed = tables.cvx_mvx.get(cvx)
+        return cvx, "", mvx if mvx and allowed and mvx not in allowed else ""
+
+    def leaf(self, s: Segment, n: int) -> str:
+        """`s.value(n)`: quicker with default delimiters and no escape or repetition."""
+        if self.failing is None:
+            return s.value(n)
+        f = s.fields
+        raw = f[n] if n < len(f) else ""
+        if "\\" in raw or "~" in raw or (n <= 2 and s.id == "MSH"):
+            return s.value(n)
+        return raw.split("^", 1)[0].split("&", 1)[0]
 
     def _obx_subids(self, order: GroupNode) -> None:
         seen: dict[tuple[str, str], int] = {}
@@ -669,7 +827,7 @@ class _Run(_State):
             s = self.segs[j]
             if s.id != "OBX" or j in self.dropped:
                 continue
-            key = (s.value(3), s.value(4))
+            key = (self.leaf(s, 3), self.leaf(s, 4))
             if key[0] and key[1] and key in seen:
                 self.add(j, 4, APPLICATION_ERROR, W, self.loc(j, 4),
                          f"OBX-4 sub-id '{_code(key[1])}' repeats observation "
@@ -720,6 +878,30 @@ class _Run(_State):
                                 frozenset(self.dropped), frozenset(self.emptied))
 
 
+class _Unknown:
+    """Marks a date text not yet in the memo (None is a remembered answer)."""
+
+
+_UNKNOWN = _Unknown()
+_DATES: dict[str, date | _Unknown | None] = {}
+
+
+def _to_date(text: str) -> date | None:
+    """`to_date`, remembered per text (bounded: FIELD_MEMO texts of at most 32 characters);
+    birth and vaccination dates repeat across a registry's messages."""
+    got = _DATES.get(text, _UNKNOWN)
+    if not isinstance(got, _Unknown):  # .get, not `in` then [...]: another thread may clear
+        return got
+    got = to_date(text)
+    if len(text) <= 32:
+        remember(_DATES, text, got, FIELD_MEMO)
+    return got
+
+
+def _field(fields: list[str], n: int) -> str:
+    return fields[n] if n < len(fields) else ""
+
+
 def _code(value: str) -> str:
     """A code as quoted in an ERR text: short and printable (codes are not PHI; text could be)."""
     cleaned = "".join(ch for ch in value if ch.isprintable())
@@ -750,6 +932,13 @@ class Validator:
                   for flavour, rules in p.segments.items()}
             for pid, p in self.profiles.items()}
         self._shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
+        # group statement results per (structure, texts read), one bounded memo per statement
+        # (keyed by id: the statements live as long as the validator)
+        self.group_memos: dict[int, dict[tuple[str, tuple[str, ...]], bool]] = {
+            id(st): {} for p in self.profiles.values()
+            for sts in p.group_statements.values() for st in sts}
+        self.vis_memo: dict[tuple[str, ...], bool] = {}  # IZ-24 per RXA-5/9/20 + OBX-3 texts
+        self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str]] = {}  # business, RXA codes
 
     def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
         key = (p.id, tuple(seg.id for seg in message.segments))
