@@ -43,7 +43,32 @@ CODES_SOURCE = {
     "mvx_date": "2025-01-06",
     "tradename_date": "2025-12-09",
     "ndc_files": "NDC_Unit_use.txt, NDC_Unit_sale.txt",
+    "ndc_mvx_files": "NDC_Linker.txt (sale id | use id -> MVX) over NDC_Unit_{sale,use}.txt",
 }
+
+# MVX codes of one company, from the notes of CDC's mvx.csv (acquisitions, renamings, inactive
+# predecessors). Hand-maintained: the notes are free text. Used by the NDC -> MVX rule: an NDC
+# whose CDC maker is one of these codes accepts any code of the same company as RXA-17. A code
+# may sit in two companies (Novartis sold its flu vaccines to Seqirus, the rest to GSK); the
+# relation is not transitive (a GSK NDC accepts NOV but not SEQ). Checked against mvx.csv.
+MVX_COMPANIES: tuple[tuple[str, ...], ...] = (
+    ("PFR", "WAL", "WA", "LED", "PRX"),  # Pfizer includes Wyeth-Lederle, Praxis
+    ("PMC", "PSC", "ACA", "CON", "IM"),  # Sanofi: Protein Sciences, Acambis, Connaught, Merieux
+    ("SEQ", "CSL", "NOV"),               # Seqirus: Novartis flu vaccines, CSL vaccines
+    ("SKB", "IDB", "NOV"),               # GSK: ID Biomedical; Novartis' other vaccines
+    ("NOV", "CHI", "CMP", "EVN", "PWJ"),  # Novartis: Chiron, Celltech Medeva, Evans, PowderJect
+    ("MED", "ASZ", "AVI"),               # MedImmune (AstraZeneca), Aviron
+    ("MIP", "PAX", "CNJ", "VXG"),        # Emergent: PaxVax, Cangene, VaxGen
+    ("JSN", "JNJ", "CRU"),               # Janssen, Johnson and Johnson, Crucell
+    ("VAL", "INT"),                      # Valneva / Intercell
+    ("TVA", "BRR"),                      # Teva / Barr
+    ("MBL", "MA"),                       # Massachusetts Biologic Laboratories, formerly MA
+    ("MSP", "MCM"),                      # Merck-Sanofi partnership (MCM renamed MSP, labeler 63361)
+)
+# A partnership's products may be reported under either partner (one way only: a Merck NDC
+# still does not accept Sanofi).
+MVX_PARTNERS = {"MSP": ("MSD", "PMC"), "MCM": ("MSD", "PMC")}
+
 
 # profile id -> file stem in profiles-reference; inbound first.
 PROFILES = {
@@ -264,11 +289,77 @@ def build_codes(shared: Path) -> dict[str, Any]:
             if code and cvx_col:
                 ndc[code] = cvx_col
                 ndc[code.replace("-", "")] = cvx_col
+    ndc_mvx = _ndc_mvx(base, set(mvx))
+    same: dict[str, set[str]] = {}
+    for company in MVX_COMPANIES:
+        for code in company:
+            same.setdefault(code, set()).update(company)
+    for code, partners in MVX_PARTNERS.items():
+        same.setdefault(code, {code}).update(partners)
+    unknown = sorted({c for cs in same.values() for c in cs} - set(mvx))
+    if unknown:
+        raise SystemExit(f"MVX_COMPANIES/MVX_PARTNERS name codes not in mvx.csv: {unknown}")
     return {"_source": {**CODES_SOURCE, "generator": "tools/gen_profiles.py",
-                        "files": "codes/cdc-iis-code-sets/{cvx,mvx,tradename}.csv + NDC_Unit_*.txt"},
+                        "files": "codes/cdc-iis-code-sets/{cvx,mvx,tradename}.csv + NDC_Unit_*.txt"
+                                 " + NDC_Linker.txt",
+                        "ndc_mvx": "CDC NDC_Linker.txt: each row links an NDC_Unit_sale.txt id "
+                                   "and an NDC_Unit_use.txt id (first column of those files) to "
+                                   "one MVX; an NDC takes every MVX linked to it (an id repeated "
+                                   "in a file resolves to the NDC with the other side's labeler, "
+                                   "else is skipped). NDCs no row "
+                                   "links take the MVX of their labeler (first 5 digits) when "
+                                   "all linked NDCs of that labeler agree on one MVX.",
+                        "mvx_same_company": "hand-maintained from mvx.csv notes "
+                                            "(tools/gen_profiles.py MVX_COMPANIES, MVX_PARTNERS)"},
             "cvx": dict(sorted(cvx.items())), "mvx": dict(sorted(mvx.items())),
             "cvx_mvx": {k: sorted(v) for k, v in sorted(cvx_mvx.items())},
-            "ndc": dict(sorted(ndc.items()))}
+            "ndc": dict(sorted(ndc.items())),
+            "ndc_mvx": dict(sorted(ndc_mvx.items())),
+            "mvx_same_company": {k: sorted(v - {k}) for k, v in sorted(same.items())}}
+
+
+def _ndc_mvx(base: Path, known_mvx: set[str]) -> dict[str, list[str]]:
+    """NDC (dashed 5-4-2 and 11-digit) -> the MVX codes CDC's NDC_Linker.txt gives it."""
+    def rows(name: str) -> list[list[str]]:
+        text = (base / name).read_text(encoding="utf-8", errors="replace")
+        return [[c.strip() for c in line.split("|")] for line in text.splitlines() if line.strip()]
+
+    dashed = re.compile(r"\d{5}-\d{4}-\d{2}\Z")
+    # record id (first column) -> dashed NDCs; the two files number independently and a few
+    # ids repeat within a file (e.g. use id 3007: a Seqirus and a Novartis NDC)
+    ids: dict[str, dict[str, set[str]]] = {}
+    for name in ("NDC_Unit_sale.txt", "NDC_Unit_use.txt"):
+        table = ids.setdefault(name, {})
+        for cols in rows(name):
+            code = next((c for c in cols if dashed.match(c)), "")
+            if code and cols[0].isdigit():
+                table.setdefault(cols[0], set()).add(code)
+    linked: dict[str, set[str]] = {}
+    for cols in rows("NDC_Linker.txt"):  # linker id | sale id | use id | MVX
+        if len(cols) < 4 or cols[3] not in known_mvx:
+            continue
+        sale = ids["NDC_Unit_sale.txt"].get(cols[1], set())
+        use = ids["NDC_Unit_use.txt"].get(cols[2], set())
+        for mine, other in ((sale, use), (use, sale)):
+            if len(mine) > 1:  # a repeated id: keep the NDC of the other side's labeler
+                labelers = {c[:5] for c in other}
+                mine = {c for c in mine if c[:5] in labelers}
+                if len(mine) != 1:
+                    continue
+            for code in mine:
+                linked.setdefault(code, set()).add(cols[3])
+    by_labeler: dict[str, set[frozenset[str]]] = {}
+    for code, makers in linked.items():
+        by_labeler.setdefault(code[:5], set()).add(frozenset(makers))
+    for table in ids.values():
+        for code in sorted(c for codes in table.values() for c in codes):
+            agreed = by_labeler.get(code[:5], set())
+            if code not in linked and len(agreed) == 1:
+                linked[code] = set(next(iter(agreed)))
+    out: dict[str, list[str]] = {}
+    for code, makers in linked.items():
+        out[code] = out[code.replace("-", "")] = sorted(makers)
+    return out
 
 
 def _write(path: Path, data: Any) -> None:

@@ -160,6 +160,9 @@ class CodeTables:
     cvx_mvx: Mapping[str, frozenset[str]]
     ndc: Mapping[str, str]
     wildcard_state: frozenset[str] = field(default_factory=frozenset)
+    # NDC -> (its CDC maker(s) as quoted, e.g. "PMC" or "BRR/TVA"; every MVX accepted as
+    # RXA-17 for it: the makers and the codes of the same company, codes.json mvx_same_company)
+    ndc_mvx: Mapping[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
 
     def checker(self, binding: str) -> CodeCheck | None:
         """Membership test for a (possibly multi-set ``A:B:C``) binding, None if not checked."""
@@ -212,9 +215,19 @@ def load_tables(profiles_dir: Path) -> CodeTables:
     # statements name CVX/MVX directly (IZ-37): serve them from the CDC tables too
     sets["CVX"] = frozenset(codes["cvx"])
     sets["MVX"] = frozenset(codes["mvx"])
+    same: dict[str, list[str]] = codes.get("mvx_same_company", {})
+    makers: dict[tuple[str, ...], tuple[str, frozenset[str]]] = {}  # shared per maker set
+    ndc_mvx: dict[str, tuple[str, frozenset[str]]] = {}
+    for ndc, mvx in codes.get("ndc_mvx", {}).items():
+        key = tuple(mvx)
+        entry = makers.get(key)
+        if entry is None:
+            accepted = frozenset(key).union(*(same.get(m, ()) for m in key))
+            entry = makers[key] = ("/".join(key), accepted)
+        ndc_mvx[ndc] = entry
     return CodeTables(sets=sets, cvx=codes["cvx"], mvx=codes["mvx"],
                       cvx_mvx={k: frozenset(v) for k, v in codes["cvx_mvx"].items()},
-                      ndc=codes["ndc"], wildcard_state=frozenset(wildcard))
+                      ndc=codes["ndc"], wildcard_state=frozenset(wildcard), ndc_mvx=ndc_mvx)
 
 
 def load_overlay(profiles_dir: Path, name: str) -> Overlay:

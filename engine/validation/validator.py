@@ -40,6 +40,10 @@ Decisions (written down because nobody else will):
 - Value sets test the code (CE.1 / the ID value) only, not the coding-system component.
 - Code choices (0357/0533) live in this module's constants; texts never quote patient data,
   only positions, field names and (wrong) codes.
+- RXA-17 vs the dose: an NDC in RXA-5 names its maker (CDC NDC_Linker), so when it does and
+  RXA-17 is valued, only `business.ndc_mvx_mismatch` is tested (codes of the same company,
+  codes.json `mvx_same_company`, are accepted); otherwise `business.cvx_mvx_mismatch` (any
+  maker of the CVX per CDC trade names). Both are W, 999/3 at RXA-17.1 (profiles/README.md).
 - Severity overrides change the reported severity only; the data handling (what is dropped)
   follows the IG whatever the override.
 """
@@ -775,7 +779,7 @@ class _Run(_State):
         if (i, 5) in self.emptied:
             return
         if self.failing is None:  # other delimiters: no memo
-            cvx, status, mvx = self._rxa_codes(s)
+            cvx, status, mvx, ndc = self._rxa_codes(s)
         else:
             # a pure function of RXA-5/9/17/20 (default delimiters); doses repeat codes
             f = s.fields
@@ -786,7 +790,7 @@ class _Run(_State):
                 got = self._rxa_codes(s)
                 if sum(map(len, key)) <= FIELD_TEXT:
                     remember(memo, key, got, FIELD_MEMO)
-            cvx, status, mvx = got
+            cvx, status, mvx, ndc = got
         if status:
             self.add(i, 5, APPLICATION_ERROR, E, self.loc(i, 5, 1, 1),
                      f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
@@ -794,22 +798,38 @@ class _Run(_State):
             self.empty_field(i, 5, "R", APPLICATION_ERROR)
             return
         if mvx and (i, 17) not in self.emptied:
-            self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
-                     f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
-                     ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
+            if ndc:
+                self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
+                         f"RXA-17 manufacturer '{_code(mvx)}' is not the maker of RXA-5 NDC "
+                         f"'{_code(ndc)}' ({self.v.tables.ndc_mvx[ndc][0]})",
+                         ILLOGICAL_VALUE, "business.ndc_mvx_mismatch")
+            else:
+                self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
+                         f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
+                         ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
 
-    def _rxa_codes(self, s: Segment) -> tuple[str, str, str]:
-        """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker)."""
+    def _rxa_codes(self, s: Segment) -> tuple[str, str, str, str]:
+        """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker, NDC).
+
+        The NDC is returned (with the MVX) only when RXA-5 is an NDC whose CDC maker is known
+        and RXA-17 names another company; then the CVX/MVX test is not made (the NDC names
+        the product's maker; the CVX only a set of possible makers).
+        """
         tables = self.v.tables
         code, system = s.value(5, 1), s.value(5, 3)
         cvx = tables.ndc.get(code, "") if system == "NDC" or code in tables.ndc else code
         administered = s.value(9) == "00" and s.value(20) in ("", "CP", "PA")
         status = tables.cvx.get(cvx, {}).get("status", "")
         if administered and status in ("Non-US", "Never Active"):
-            return cvx, status, ""
+            return cvx, status, "", ""
         mvx = s.value(17, 1)
+        if not mvx:
+            return cvx, "", "", ""
+        maker = tables.ndc_mvx.get(code)
+        if maker is not None:
+            return (cvx, "", "", "") if mvx in maker[1] else (cvx, "", mvx, code)
         allowed = tables.cvx_mvx.get(cvx)
-        return cvx, "", mvx if mvx and allowed and mvx not in allowed else ""
+        return cvx, "", mvx if allowed and mvx not in allowed else "", ""
 
     def leaf(self, s: Segment, n: int) -> str:
         """`s.value(n)`: quicker with default delimiters and no escape or repetition."""
@@ -938,7 +958,7 @@ class Validator:
             id(st): {} for p in self.profiles.values()
             for sts in p.group_statements.values() for st in sts}
         self.vis_memo: dict[tuple[str, ...], bool] = {}  # IZ-24 per RXA-5/9/20 + OBX-3 texts
-        self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str]] = {}  # business, RXA codes
+        self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str, str]] = {}  # business, RXA codes
 
     def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
         key = (p.id, tuple(seg.id for seg in message.segments))

@@ -20,7 +20,7 @@ from engine.validation import ValidationResult, Validator
 from engine.validation import plan as plan_module
 from engine.validation import validator as validator_module
 from tests.store.messages import Dose, vxu
-from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY
+from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY, edit
 
 GARBAGE = ("", "ZZZ^ZZ^ZZ", "20250230", "\\F\\x", "~~", "&&^^", "CP", "RE", "00", "01",
            "V02^x^HL70064", "20300101", "19000101", "08^x^CVX~20^y^CVX", "X" * 600)
@@ -32,6 +32,13 @@ def _batch() -> list[str]:
            vxu("C2", doses=(Dose(obx=("VFC",)), Dose(key="K2", refusal=True))),
            vxu("C3", doses=(Dose(cvx="998", source="01"), Dose(key="", cvx="140")))]
     out += [m.decode() for m in make_messages(30, "MEMO")]
+    # RXA code rules (RXA-5/9/17/20 memo): NDC and CVX doses, matching / other / no maker
+    for rxa5 in ("58160-0820-11^Engerix-B^NDC", "58160082011^Engerix-B^NDC",
+                 "58160-0820-11^Engerix-B", "99999-9999-99^x^NDC", "08^Hep B^CVX"):
+        for rxa17 in ("SKB^GSK^MVX", "MSD^Merck^MVX", "PFR^Pfizer^MVX", ""):
+            for rxa9, rxa20 in (("00^New^NIP001", "CP"), ("01^Historical^NIP001", "")):
+                out.append(edit(BASE_VXU, ("RXA", 5, rxa5), ("RXA", 17, rxa17),
+                                ("RXA", 9, rxa9), ("RXA", 20, rxa20)))
     rnd = random.Random(11)
     for base in (BASE_VXU, BASE_Z34, out[5]):
         lines = base.strip("\r").split("\r")
