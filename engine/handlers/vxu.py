@@ -5,7 +5,10 @@ Flow for one VXU (see also engine.store.journal for the log rules):
 1. On the pipeline thread: map the message with `mappings/vxu.yaml` (honouring validation's
    dropped segments and emptied fields) and plan its rows (`engine.store.intake`). Validation's
    `rejected`, or a patient the mapper cannot store (PID-3/5/7 missing: AE 101), stores
-   nothing but the message log row.
+   nothing but the message log row. So does a value no store column can hold (too long for
+   its column, or containing NUL) in a field the message cannot be stored without (AE, E 102
+   at its location); in any other field such a value is left out and the ACK warns (W 102) —
+   the same answer on SQLite and PostgreSQL (engine.store.screen).
 2. On the store's group-commit writer (`engine.store.writer`), in this message's own
    savepoint of a batch transaction: look up (sender, MSH-10) in the log — a retransmission
    is answered from it and writes nothing (same content: the stored bytes; other content:
@@ -52,6 +55,7 @@ from engine.observability.logging import get_logger
 from engine.pipeline import Request, Respond
 from engine.store.intake import IntakeStore, VxuPlan
 from engine.store.journal import content_hash, duplicate_key, sender_of, utc
+from engine.store.screen import INVALID_VALUE, RULE, raw_bounds
 from engine.store.writer import BatchAborted, GroupCommitter, Tx
 
 log = get_logger("engine.handlers.vxu")
@@ -107,14 +111,33 @@ class VxuHandler:
         # the ones it did not (they are why something was not stored).
         issues += [i for i in mapped.issues if (i.code, i.location) not in seen]
         rejected = bool(validation and validation.rejected) or mapped.rejected
-        plan = (self.intake.plan(mapped.vxu) if not rejected and mapped.vxu is not None
-                else None)
+        plan = None
+        if not rejected and mapped.vxu is not None:
+            d = request.message.delimiters
+            plan = self.intake.plan(mapped.vxu, raw_bounds(request.payload, d.field,
+                                                           d.repetition, d.escape))
+        if plan is not None and plan.findings:
+            # A value no column can hold: emptied (W 102) or, when the message cannot be
+            # stored without it, the whole message refused (E 102, nothing stored) — decided
+            # here, so both backends answer alike (engine.store.screen).
+            issues += plan.findings
+            if plan.rejected:
+                plan = None
         header = request.header
+        sender, control_id = sender_of(header), header.control_id[:200]
+        message_type = f"{header.message_type[:3]}^{header.trigger_event[:3]}"
+        refused = _nul_in_header(sender, control_id, message_type)
+        if refused:
+            # PostgreSQL cannot hold NUL in the log's text columns: the message is refused
+            # on both backends, and logged (so a resend is replayed) with NUL shown as U+FFFD.
+            issues += refused
+            plan = None
+            sender, control_id, message_type = (
+                v.replace("\x00", "\ufffd") for v in (sender, control_id, message_type))
         log_row = {
-            "sender": sender_of(header), "control_id": header.control_id[:200],
-            "replay_key": header.control_id[:200],
+            "sender": sender, "control_id": control_id, "replay_key": control_id,
             "content_sha256": content_hash(request.payload),
-            "message_type": f"{header.message_type[:3]}^{header.trigger_event[:3]}",
+            "message_type": message_type,
             "received_at": utc(request.received_at),
             "payload": request.payload if self.keep_payload else None}
 
@@ -126,8 +149,9 @@ class VxuHandler:
         try:
             outcome = self.writer.submit(work)
         except DataError as exc:
-            # The database refused a value (over its column length, or a NUL byte): resending
-            # cannot help, so this is AE for the sender to fix, not AR 207 "retry".
+            # Safety net: engine.store.screen refuses such values before the database sees
+            # them; anything it misses that the database still refuses (over its column
+            # length, a NUL byte) is AE for the sender to fix, not AR 207 "retry".
             self.metrics.transactions.labels("rejected_value").inc()
             log.warning("store.value_rejected", error=type(exc).__name__,
                         control_id=header.control_id[:40])
@@ -175,6 +199,19 @@ class VxuHandler:
             error_codes=",".join(sorted({str(i.code) for i in found}))[:400],
             response=response))
         return _Outcome(response, "committed")
+
+
+def _nul_in_header(sender: str, control_id: str, message_type: str) -> list[Issue]:
+    """E 102 for each MSH field the message log keys on that contains NUL."""
+    found = []
+    for value, fields, location in ((sender, "MSH-3/MSH-4", Location("MSH", 1, 3)),
+                                    (control_id, "MSH-10", Location("MSH", 1, 10)),
+                                    (message_type, "MSH-9", Location("MSH", 1, 9))):
+        if "\x00" in value:
+            found.append(Issue(102, Severity.ERROR, location, f"{fields} contains a NUL "
+                               "character; nothing was stored. Correct the value before "
+                               "resending the message", INVALID_VALUE, RULE))
+    return found
 
 
 def _msa_code(response: bytes) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -82,4 +83,11 @@ def _sqlite_durability(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         reading = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        # On the DBAPI connection: SQLAlchemy's own execution path (an execution context and
+        # a result per statement) costs more than the BEGIN, once per group-commit batch.
+        sql = "BEGIN" if reading else "BEGIN IMMEDIATE"
+        try:
+            conn.connection.dbapi_connection.execute(sql)
+        except conn.dialect.loaded_dbapi.Error as exc:  # e.g. locked past the busy timeout
+            raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect) from exc

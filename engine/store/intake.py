@@ -3,8 +3,9 @@
 Two halves, because the group-commit writer (engine.store.writer) is a single thread and
 every CPU cycle spent on it is a cycle every waiting message waits for:
 
-* `IntakeStore.plan(vxu)` runs on the pipeline thread: normalised names, scoped identifiers,
-  match key, the rows of every child table, JSON documents (encoded once, here), dose facts.
+* `IntakeStore.plan(vxu)` runs on the pipeline thread: the refused-value check
+  (engine.store.screen), normalised names, scoped identifiers, match key, the rows of every
+  child table, JSON documents (encoded once, here), dose facts.
 * `IntakeStore.store(tx, plan, now)` runs on the writer inside the message's savepoint and
   only binds and executes precompiled statements (engine.store.precompiled):
 
@@ -25,10 +26,22 @@ every CPU cycle spent on it is a cycle every waiting message waits for:
   one INSERT of all new keys / OBX        at the end
   ======================================  =============================================
 
+  On PostgreSQL the patient part is one statement (engine.store.pgwrite.PatientStatements)
+  and the new events with their keys and OBX another (EventStatements), so a new patient's
+  message is six statements: log lookup (+ lock, + ids), candidates, keys, patient, events,
+  log row.
+
   The decisions (engine.matching, engine.dedup, the RXA-21 table in engine.handlers.vxu)
   are made in Python over what those queries returned, with an in-memory overlay of what
   this message already wrote, so the order groups of one message still see each other
   exactly as if every lookup had gone to the database.
+
+PostgreSQL runs the writer's first pass in pipeline mode (engine.store.precompiled), and this
+module arranges its statements so that a new patient's message costs two round trips: the
+match-key lock with the log lookup, the candidate query, the key query and the allocation of
+the new rows' ids (`nextval`) go out together (`_Ahead`; the server still runs them in order,
+so the candidate query's snapshot follows the lock); everything after that returns nothing the
+writer reads, and goes out with the writer's flush at the end of the message.
 
 Race safety is unchanged: identifier keys, event keys and (sender, MSH-10) are unique in the
 database, demographic matching runs under the match-key lock, key lookups lock their events.
@@ -74,13 +87,16 @@ from engine.matching import (
 )
 from engine.store import models as m
 from engine.store import pgwrite
-from engine.store.precompiled import Precompiled
+from engine.store.precompiled import Pending, Precompiled, Rows
+from engine.store.screen import Screen
 from engine.store.writer import Tx
 
 ACTIVE = "active"
 DELETED = "deleted"
 # Tx note: this attempt already holds the match-key lock (taken with the log lookup).
 _LOCKED = "match_key_locked"
+# Tx note: the `_Ahead` queries sent with the log lookup.
+_AHEAD = "ahead"
 # Events this message wrote are reported later than any stored version.
 _THIS_MESSAGE = 1 << 30
 
@@ -116,6 +132,13 @@ def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+def _open_json(row: dict[str, Any]) -> str:
+    """`row` as a JSON object without its closing brace; its "detail" (already JSON text)
+    is spliced in as the document it is, not as a string."""
+    head = dumps({k: v for k, v in row.items() if k != "detail"})
+    return f'{head[:-1]},"detail":{row["detail"]}'
+
+
 def _flat(item: Any) -> dict[str, Any]:
     """A flat record (Name, Address, Phone, Coded) as a row's columns."""
     return {n: getattr(item, n) for n in _names_of(type(item))}
@@ -139,6 +162,10 @@ class EventPlan:
     values: dict[str, Any]  # immunization_event columns that come from the message
     facts: DoseFacts
     observations: tuple[dict[str, Any], ...]  # event_observation rows without event_id
+    # PostgreSQL: `values` and each observation row as JSON objects left open for the ids
+    # (`,"id":N}` / `,"event_id":N}`), encoded here once (engine.store.pgwrite.EventStatements)
+    pg_row: str = ""
+    pg_observations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +185,19 @@ class VxuPlan:
     setting: dict[str, Any] | None
     events: tuple[EventPlan, ...]
     pg: dict[str, Any] | None = None  # PostgreSQL: the patient part as one statement's params
+    # Values the store refused (engine.store.screen): W issues for emptied optional fields,
+    # E issues and `rejected` when the message cannot be stored (then nothing is).
+    findings: tuple[Issue, ...] = ()
+    rejected: bool = False
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """Queries sent before their results are needed (one round trip in pipeline mode)."""
+
+    candidates: Pending | Rows
+    keys: Pending | Rows | None  # None: the organization's id was not known yet
+    ids: tuple[int, list[int]] | None  # PostgreSQL: (new patient id, [new event ids])
 
 
 @dataclass(slots=True)
@@ -169,6 +209,10 @@ class _Known:
     status: str
 
 
+# PostgreSQL: a new patient's id and `:n` new events' ids, allocated before the INSERTs.
+_NEXT_IDS = ("nextval(pg_get_serial_sequence('patient', 'id')), "
+             "ARRAY(SELECT nextval(pg_get_serial_sequence('immunization_event', 'id')) "
+             "FROM generate_series(1, :n))")
 _PATIENT_ATTRS = ("birth_date", "sex", "multiple_birth", "birth_order", "death_date",
                   "death_indicator")
 _DETAIL_TABLES = ("patient_name", "patient_address", "patient_phone", "patient_code")
@@ -185,6 +229,7 @@ class IntakeStore:
         self.is_placeholder_key = is_placeholder_key
         self.registry_authority = registry_authority
         self._org_ids: dict[str, int] = {}
+        self.screen = Screen()
         self._groups: dict[str, frozenset[str]] = {}
         d = engine.dialect
         pg = self.dialect == "postgresql"
@@ -203,6 +248,7 @@ class IntakeStore:
         self._lock = Precompiled(select(func.pg_advisory_xact_lock(bindparam("k"))), d) if (
             pg) else None
         self._pg = pgwrite.PatientStatements(d) if pg else None
+        self._pg_events = pgwrite.EventStatements(d) if pg else None
         self._ins_patient = ins(m.Patient, returning=True)
         pat = m.table(m.Patient).c
         # Most recent report wins attribute by attribute; a NULL parameter keeps the column.
@@ -240,6 +286,7 @@ class IntakeStore:
             set_={c: setting.excluded[c] for c in set_cols}), d,
             ["patient_id", "org_id", *set_cols])
         self._ins_event = ins(m.ImmunizationEvent, returning=True)
+        self._ids = Precompiled(text("SELECT " + _NEXT_IDS), d) if pg else None
         ev = m.table(m.ImmunizationEvent)
         event_cols = [c.name for c in ev.columns if c.name not in (
             "id", "patient_id", "org_id", "status", "created_at", "updated_at", "deleted_at",
@@ -258,10 +305,13 @@ class IntakeStore:
         log = m.table(m.MessageLog).c
         self._sel_log = Precompiled(select(log.content_sha256, log.response).where(
             log.sender == bindparam("sender"), log.replay_key == bindparam("key")), d)
-        # PostgreSQL: the match-key lock rides on the log lookup (one round trip, not two).
-        # It is taken before the candidate query runs, whose snapshot must follow it.
+        # PostgreSQL: the match-key lock and the new rows' ids ride on the log lookup (one
+        # statement, not three). The lock is taken before the candidate query runs, whose
+        # snapshot must follow it; ids a retransmission or a matched patient does not use are
+        # a harmless gap in the sequence.
         self._lock_and_log = Precompiled(text(
-            "SELECT l.content_sha256, l.response FROM (SELECT pg_advisory_xact_lock(:k)) AS a "
+            "SELECT l.content_sha256, l.response, " + _NEXT_IDS + " FROM (SELECT "
+            "pg_advisory_xact_lock(:k)) AS a "
             "LEFT OUTER JOIN message_log l ON l.sender = :sender AND l.replay_key = :key"),
             d) if pg else None
         self._sel_org_events = Precompiled(select(
@@ -349,7 +399,12 @@ class IntakeStore:
             "detail": dumps({name: getattr(v, name) for name in EVENT_DETAIL}),
         }
 
-    def plan(self, vxu: domain.Vxu) -> VxuPlan:
+    def plan(self, vxu: domain.Vxu, bounds: tuple[int, bool] | None = None) -> VxuPlan:
+        """The message's rows, after engine.store.screen emptied or refused what no column
+        of either backend can hold (its findings travel in the plan). `bounds`: the raw
+        payload's `screen.raw_bounds`, which lets a plainly fine message skip the walk."""
+        screened = self.screen.check(vxu, bounds)
+        vxu = screened.vxu
         patient = vxu.patient
         legal = patient.legal_name
         family, given = normalise(legal.family), normalise(legal.given)
@@ -385,16 +440,22 @@ class IntakeStore:
                        "registry_status_date": settings.registry_status_date}
         events = []
         for v in vxu.events:
+            event_values = self.event_values(v)
+            observations = tuple(
+                {"position": i, "code": o.code.code[:64], "value_type": o.value_type[:8],
+                 "value": o.value, "value_code": o.coded_value.code[:64],
+                 "sub_id": o.sub_id[:64], "observed_on": o.observed_on,
+                 "detail": dumps({"code": o.code, "coded_value": o.coded_value,
+                                  "units": o.units, "method": o.method, "status": o.status})}
+                for i, o in enumerate(v.observations))
+            pg_row, pg_obs = "", tuple[str, ...]()
+            if self._pg_events is not None:
+                pg_row = _open_json(event_values)
+                pg_obs = tuple(_open_json(o) for o in observations)
             events.append(EventPlan(
                 v, not self.is_placeholder_key(v.key), (v.key.authority[:200], v.key.id[:200]),
-                self.event_values(v), self.facts(v, order=_THIS_MESSAGE),
-                tuple({"position": i, "code": o.code.code[:64], "value_type": o.value_type[:8],
-                       "value": o.value, "value_code": o.coded_value.code[:64],
-                       "sub_id": o.sub_id[:64], "observed_on": o.observed_on,
-                       "detail": dumps({"code": o.code, "coded_value": o.coded_value,
-                                        "units": o.units, "method": o.method,
-                                        "status": o.status})}
-                      for i, o in enumerate(v.observations))))
+                event_values, self.facts(v, order=_THIS_MESSAGE), observations, pg_row,
+                pg_obs))
         keys = scoped_identifiers(patient, vxu.organization, self.registry_authority)
         pg = None
         if self._pg is not None:
@@ -408,7 +469,8 @@ class IntakeStore:
             responsible=tuple({"position": i, "relationship_code": p.relationship.code,
                                "detail": dumps(p)} for i, p in enumerate(
                 vxu.responsible_persons)),
-            setting=setting, events=tuple(events))
+            setting=setting, events=tuple(events), findings=tuple(screened.issues),
+            rejected=screened.rejected)
 
     def _pg_params(self, vxu: domain.Vxu, values: dict[str, Any],
                    keys: Sequence[ScopedIdentifier],
@@ -450,12 +512,18 @@ class IntakeStore:
         takes `plan`'s match-key lock, which `store` then relies on."""
         conn = tx.connection
         if self._lock_and_log is not None and plan is not None:
-            row = self._lock_and_log.execute(conn, {"k": plan.lock_key, "sender": sender,
-                                                    "key": control_id}).first()
+            logged = self._lock_and_log.send(conn, {"k": plan.lock_key, "sender": sender,
+                                                    "key": control_id, "n": len(plan.events)})
             tx.notes[_LOCKED] = True
+            # Sent now, read by `store` (or discarded by a retransmission): one round trip.
+            ahead = self._ahead(conn, plan, self._org_ids.get(plan.organization), ids=False)
+            row = logged.result().first()
+            assert row is not None  # the lock's row, joined with the log's (if any)
+            ahead.ids = (int(row[2]), list(row[3]))
+            tx.notes[_AHEAD] = ahead
         else:
             row = self._sel_log.execute(conn, {"sender": sender, "key": control_id}).first()
-        return (row[0], bytes(row[1])) if row and row[0] is not None else None
+        return (row[0], bytes(row[1])) if row is not None and row[0] is not None else None
 
     def log(self, conn: Connection, values: dict[str, Any]) -> None:
         """Insert one message_log row (IntegrityError when (sender, replay_key) is taken)."""
@@ -478,12 +546,33 @@ class IntakeStore:
     def store(self, tx: Tx, plan: VxuPlan, now: datetime) -> tuple[int, int, list[Issue]]:
         """Match/create the patient and apply the order groups: (org id, patient id, issues)."""
         org_id = self.org_id(tx, plan.organization, now)
-        patient_id, existed = self._patient(tx.connection, plan, org_id, now,
-                                            bool(tx.notes.get(_LOCKED)))
-        issues = self._events(tx.connection, plan, patient_id, existed, org_id, now)
+        conn = tx.connection
+        ahead = tx.notes.get(_AHEAD)
+        if not isinstance(ahead, _Ahead):
+            if self._lock is not None and not tx.notes.get(_LOCKED):
+                # Separate statement: the candidate query must take its snapshot after it.
+                self._lock.execute(conn, {"k": plan.lock_key})
+            ahead = self._ahead(conn, plan, org_id)
+        ids = ahead.ids
+        patient_id, existed = self._patient(conn, plan, ahead, ids[0] if ids else None,
+                                            org_id, now)
+        known = (self._known_keys(conn, plan, org_id) if ahead.keys is None
+                 else self._read_keys(ahead.keys))
+        issues = self._events(conn, plan, patient_id, existed, org_id, now, known,
+                              list(ids[1]) if ids else [])
         return org_id, patient_id, issues
 
-    def _candidates(self, conn: Connection, plan: VxuPlan) -> list[Candidate]:
+    def _ahead(self, conn: Connection, plan: VxuPlan, org_id: int | None, *,
+               ids: bool = True) -> _Ahead:
+        keys = self._send_keys(conn, plan, org_id) if org_id is not None else None
+        ahead = _Ahead(self._send_candidates(conn, plan), keys, None)
+        if ids and self._ids is not None:
+            row = self._ids.execute(conn, {"n": len(plan.events)}).first()
+            assert row is not None
+            ahead.ids = (int(row[0]), list(row[1]))
+        return ahead
+
+    def _send_candidates(self, conn: Connection, plan: VxuPlan) -> Pending | Rows:
         keys = plan.keys
         if self.dialect == "postgresql":
             params: dict[str, Any] = {
@@ -494,9 +583,13 @@ class IntakeStore:
                                           for k in keys])}
         params.update(birth_date=plan.patient.birth_date, family=plan.family,
                       given=plan.given)
+        return self._sel_candidates.send(conn, params)
+
+    @staticmethod
+    def _read_candidates(sent: Pending | Rows) -> list[Candidate]:
         found: dict[int, tuple[Any, ...]] = {}
         idents: dict[int, list[ScopedIdentifier]] = {}
-        for row in self._sel_candidates.execute(conn, params):
+        for row in sent.result():
             found.setdefault(row[0], tuple(row[:6]))
             if row[6] is not None:
                 idents.setdefault(row[0], []).append(ScopedIdentifier(*row[6:10]))
@@ -507,18 +600,16 @@ class IntakeStore:
             out.append(Candidate(pid, fam, giv, born, sex, order, tuple(idents.get(pid, ()))))
         return out
 
-    def _patient(self, conn: Connection, plan: VxuPlan, org_id: int, now: datetime,
-                 locked: bool) -> tuple[int, bool]:
-        if self._lock is not None and not locked:
-            # Separate statement: the candidate query must take its snapshot after the lock.
-            self._lock.execute(conn, {"k": plan.lock_key})
-        candidates = self._candidates(conn, plan)
+    def _patient(self, conn: Connection, plan: VxuPlan, ahead: _Ahead, new_id: int | None,
+                 org_id: int, now: datetime) -> tuple[int, bool]:
+        candidates = self._read_candidates(ahead.candidates)
         wanted = set(plan.keys)
         hits = [c for c in candidates if wanted.intersection(c.identifiers)]
         decision = decide(plan.patient, plan.keys, hits, [] if hits else candidates)
         values = plan.patient_values
-        if self._pg is not None and plan.pg is not None:
-            return self._pg_patient(conn, plan.pg, decision.patient_id, values, org_id, now)
+        if self._pg is not None and plan.pg is not None and new_id is not None:
+            return self._pg_patient(conn, plan.pg, decision.patient_id, new_id, values,
+                                    org_id, now)
         if decision.patient_id is None:
             patient_id = int(self._ins_patient.execute(conn, dict(
                 values, created_at=now, updated_at=now, updated_by_org_id=org_id)).scalar_one())
@@ -562,12 +653,12 @@ class IntakeStore:
         return patient_id, existed
 
     def _pg_patient(self, conn: Connection, params: dict[str, Any], matched: int | None,
-                    values: dict[str, Any], org_id: int, now: datetime) -> tuple[int, bool]:
+                    new_id: int, values: dict[str, Any], org_id: int,
+                    now: datetime) -> tuple[int, bool]:
         assert self._pg is not None
         if matched is None:
-            patient_id = int(self._pg.create.execute(conn, dict(
-                params, org_id=org_id, now=now)).scalar_one())
-            return patient_id, False
+            self._pg.create.execute(conn, dict(params, new_id=new_id, org_id=org_id, now=now))
+            return new_id, False
         names = params["names_roles"] and "patient" in params["names_roles"]
         changes = {a: (None if values[a] == "" else values[a]) for a in _PATIENT_ATTRS}
         self._pg.update.execute(conn, dict(
@@ -584,16 +675,22 @@ class IntakeStore:
 
     def _known_keys(self, conn: Connection, plan: VxuPlan,
                     org_id: int) -> dict[tuple[str, str], _Known]:
+        return self._read_keys(self._send_keys(conn, plan, org_id))
+
+    def _send_keys(self, conn: Connection, plan: VxuPlan, org_id: int) -> Pending | Rows:
         wanted = sorted({e.key for e in plan.events if e.keyed})
         if not wanted:
-            return {}
+            return Rows([])
         if self.dialect == "postgresql":
             params: dict[str, Any] = {"org_id": org_id, "k_auth": [a for a, _ in wanted],
                                       "k_id": [i for _, i in wanted]}
         else:
             params = {"org_id": org_id, "keys": json.dumps(wanted)}
-        return {(r[0], r[1]): _Known(r[2], r[3], r[4])
-                for r in self._sel_keys.execute(conn, params)}
+        return self._sel_keys.send(conn, params)
+
+    @staticmethod
+    def _read_keys(sent: Pending | Rows) -> dict[tuple[str, str], _Known]:
+        return {(r[0], r[1]): _Known(r[2], r[3], r[4]) for r in sent.result()}
 
     def _stored_facts(self, conn: Connection, plan: VxuPlan, patient_id: int,
                       org_id: int) -> dict[int, DoseFacts]:
@@ -615,14 +712,25 @@ class IntakeStore:
         return out
 
     def _events(self, conn: Connection, plan: VxuPlan, patient_id: int, existed: bool,
-                org_id: int, now: datetime) -> list[Issue]:
+                org_id: int, now: datetime, known: dict[tuple[str, str], _Known],
+                new_ids: list[int]) -> list[Issue]:
+        """Apply the order groups; `new_ids` (PostgreSQL) are allocated ids for new events."""
         if not plan.events:
             return []
-        known = self._known_keys(conn, plan, org_id)
         candidates = self._stored_facts(conn, plan, patient_id, org_id) if existed else {}
         new_keys: list[dict[str, Any]] = []
-        observations: dict[int, tuple[dict[str, Any], ...]] = {}
+        observations: dict[int, EventPlan] = {}
         inserted: set[int] = set()
+        # PostgreSQL with ids allocated ahead: new events wait here and go in one statement
+        # with the keys and OBX; anything that may touch one of them flushes them first.
+        together = self._pg_events is not None and bool(new_ids)
+        waiting: list[str] = []
+
+        def flush() -> None:
+            if waiting:
+                self._insert_together(conn, patient_id, org_id, now, waiting, [], {})
+                waiting.clear()
+
         issues: list[Issue] = []
         order = _THIS_MESSAGE
 
@@ -634,7 +742,7 @@ class IntakeStore:
             for k in known.values():
                 if k.event_id == event_id:
                     k.patient_id, k.status = patient_id, ACTIVE
-            observations[event_id] = ep.observations
+            observations[event_id] = ep
 
         def add_key(ep: EventPlan, event_id: int) -> None:
             new_keys.append({"org_id": org_id, "authority": ep.key[0], "key_id": ep.key[1],
@@ -661,6 +769,7 @@ class IntakeStore:
                     issues.append(unknown_key(event))
                     continue
                 if not (found and found.status == DELETED):
+                    flush()
                     self._delete_event.execute(conn, {"eid": target, "now": now})
                     candidates.pop(target, None)
                     for k in known.values():
@@ -671,24 +780,49 @@ class IntakeStore:
                 if event.action is domain.Action.UPDATE:
                     issues.append(unknown_key(event))
                     continue
-                event_id = int(self._ins_event.execute(conn, dict(
-                    ep.values, patient_id=patient_id, org_id=org_id, status=ACTIVE,
-                    created_at=now, updated_at=now, deleted_at=None, version=1)).scalar_one())
+                if together:
+                    event_id = new_ids.pop(0)
+                    waiting.append(f'{ep.pg_row},"id":{event_id}}}')
+                else:
+                    event_id = int(self._ins_event.execute(conn, dict(
+                        ep.values, patient_id=patient_id, org_id=org_id, status=ACTIVE,
+                        created_at=now, updated_at=now, deleted_at=None,
+                        version=1)).scalar_one())
                 inserted.add(event_id)
                 if ep.keyed:
                     add_key(ep, event_id)
                 remember(event_id, ep)
                 continue
             # The addendum rule: the order group is the complete record, so replace it whole.
+            flush()
             self._replace_event.execute(conn, dict(ep.values, eid=target,
                                                    patient_id=patient_id, updated_at=now))
             if target not in inserted:
                 self._del_obs.execute(conn, {"eid": target})
             remember(target, ep)
+        if together:
+            self._insert_together(conn, patient_id, org_id, now, waiting, new_keys, observations)
+            return issues
         self._ins_key.execute_many(conn, new_keys)
         self._ins_obs.execute_many(conn, [dict(row, event_id=eid)
-                                          for eid, rows in observations.items() for row in rows])
+                                          for eid, ep in observations.items()
+                                          for row in ep.observations])
         return issues
+
+    def _insert_together(self, conn: Connection, patient_id: int, org_id: int, now: datetime,
+                         events: list[str], keys: list[dict[str, Any]],
+                         observations: dict[int, EventPlan]) -> None:
+        """PostgreSQL: new events, keys and OBX rows in one statement (none: no statement)."""
+        assert self._pg_events is not None
+        obs = [f'{row},"event_id":{eid}}}' for eid, ep in observations.items()
+               for row in ep.pg_observations]
+        if not (events or keys or obs):
+            return
+        self._pg_events.insert.execute(conn, {
+            "patient_id": patient_id, "org_id": org_id, "now": now,
+            "events": f"[{','.join(events)}]", "observations": f"[{','.join(obs)}]",
+            "keys": dumps([{"authority": k["authority"], "key_id": k["key_id"],
+                            "event_id": k["event_id"]} for k in keys])})
 
 
 def unknown_key(event: domain.Vaccination) -> Issue:

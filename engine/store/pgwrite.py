@@ -6,6 +6,10 @@ races/ethnicities, NK1s, PD1 settings) would be eight or more of them. Here it i
 statement of data-modifying CTEs whose rows arrive as JSON arrays (`json_to_recordset`), so
 its text is fixed whatever the message holds and the server keeps it prepared.
 
+The new patient's id is allocated beforehand (`nextval`, read together with the candidate
+query), so neither statement returns anything the writer must wait for: in pipeline mode
+(engine.store.precompiled) it travels with the message's remaining statements.
+
 Semantics are those of engine.store.intake's per-table statements: a new patient gets its SR
 identifier and the sender's identifiers (a key another transaction claimed raises a unique
 violation, and the message re-runs and matches); a matched patient is updated attribute by
@@ -77,8 +81,9 @@ class PatientStatements:
             return _type(pat, c, dialect)
 
         create = [
-            "p AS (INSERT INTO patient (" + _q((*_PATIENT, "created_at", "updated_at",
-                                                "updated_by_org_id")) + ") VALUES ("
+            "p AS (INSERT INTO patient (id, " + _q((*_PATIENT, "created_at", "updated_at",
+                                                    "updated_by_org_id")) + ") VALUES ("
+            "CAST(:new_id AS BIGINT), "
             + ", ".join(f"CAST(:{c} AS {types(c)})" for c in _PATIENT)
             + ", :now, :now, :org_id) RETURNING id)",
             "i AS (INSERT INTO patient_identifier (patient_id, " + _q(_IDENT) + ") "
@@ -94,7 +99,7 @@ class PatientStatements:
                       f"{_q(_SETTING)}, updated_at) SELECT p.id, :org_id, {_x(_SETTING)}, "
                       f":now FROM p, {set_rs})")
         self.create = Precompiled(text("WITH " + ",\n".join(create) + " SELECT id FROM p"),
-                                  dialect)
+                                  dialect, rows=False)
 
         update = [
             "u AS (UPDATE patient SET updated_at = :now, updated_by_org_id = :org_id, "
@@ -118,10 +123,52 @@ class PatientStatements:
                       f"{_q(_SETTING)}, updated_at) SELECT :pid, :org_id, {_x(_SETTING)}, "
                       f":now FROM {set_rs} ON CONFLICT (patient_id, org_id) DO UPDATE SET "
                       f"{upsert})")
-        self.update = Precompiled(text("WITH " + ",\n".join(update) + " SELECT 1"), dialect)
+        self.update = Precompiled(text("WITH " + ",\n".join(update) + " SELECT 1"), dialect,
+                                  rows=False)
 
 
 PATIENT_COLUMNS = _PATIENT
 SETTING_COLUMNS = _SETTING
 PARTS = tuple((name, cols) for name, _table, cols in _PARTS)
 IDENT_COLUMNS = _IDENT
+
+
+class EventStatements:
+    """A message's new events, their ORC-3 keys and their OBX rows in one statement.
+
+    The rows arrive as JSON arrays (built on the pipeline thread, see
+    engine.store.intake.EventPlan.pg_row) with the event ids allocated ahead, so the statement
+    returns nothing the writer waits for: with the patient statement, a new patient's whole
+    message is one round trip after the candidate query.
+    """
+
+    # immunization_event columns that come from the message (engine.store.intake.event_values)
+    EVENT_COLUMNS = ("kind", "cvx", "ndc", "cpt", "vaccine_groups", "administered_on",
+                     "administered_ts", "amount", "lot_number", "expiration_date", "mvx",
+                     "route_code", "site_code", "information_source", "completion_status",
+                     "refusal_reason", "funding_eligibility", "funding_source",
+                     "facility_code", "detail")
+    OBSERVATION_COLUMNS = ("position", "code", "value_type", "value", "value_code", "sub_id",
+                           "observed_on", "detail")
+
+    def __init__(self, dialect: Dialect) -> None:
+        ev, key, obs = (m.table(m.ImmunizationEvent), m.table(m.EventKey),
+                        m.table(m.EventObservation))
+        cols = self.EVENT_COLUMNS
+        obs_cols = self.OBSERVATION_COLUMNS
+        parts = [
+            "e AS (INSERT INTO immunization_event (id, patient_id, org_id, status, created_at, "
+            f"updated_at, deleted_at, version, {_q(cols)}) SELECT x.id, "
+            "CAST(:patient_id AS BIGINT), CAST(:org_id AS BIGINT), "
+            f"'active', :now, :now, NULL, 1, {_x(cols)} FROM "
+            + _recordset("events", ev, ("id", *cols), dialect) + ")",
+            "k AS (INSERT INTO event_key (org_id, authority, key_id, event_id) SELECT "
+            "CAST(:org_id AS BIGINT), "
+            "x.authority, x.key_id, x.event_id FROM "
+            + _recordset("keys", key, ("authority", "key_id", "event_id"), dialect) + ")",
+            f"o AS (INSERT INTO event_observation (event_id, {_q(obs_cols)}) SELECT "
+            f"x.event_id, {_x(obs_cols)} FROM "
+            + _recordset("observations", obs, ("event_id", *obs_cols), dialect) + ")",
+        ]
+        self.insert = Precompiled(text("WITH " + ",\n".join(parts) + " SELECT 1"), dialect,
+                                  rows=False)

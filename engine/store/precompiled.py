@@ -17,10 +17,20 @@ transaction events fire as usual).
 
 JSON parameters are passed already encoded (JSON text): encoding happens on the pipeline
 threads, not on the single writer.
+
+PostgreSQL pipeline mode (`pipelined`): on PostgreSQL each statement the writer waits for is a
+network round trip, and its CPU cost (the client's and the server's send/receive/wake-up) is
+most of a small statement's cost. Inside `pipelined(conn)` a statement whose rows nobody needs
+yet (an INSERT without RETURNING, a `send` not yet read) is queued instead of waited for, and
+the queue goes out with the next statement that must be read, or with `flush()`. The writer
+flushes after each message's unit of work, so a failure still surfaces inside the message that
+caused it (its savepoint/rollback logic is unchanged), and COMMIT is only sent after every
+queued statement succeeded. SQLite (no pipeline) runs every statement at once, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
@@ -33,13 +43,20 @@ from sqlalchemy.sql.elements import ClauseElement
 class Precompiled:
     """One statement's SQL text for one dialect plus the bind processors of its parameters."""
 
-    __slots__ = ("_fixed", "_processors", "names", "positional", "sql")
+    __slots__ = ("_fixed", "_plan", "_processors", "names", "positional", "returns_rows",
+                 "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect,
-                 column_keys: Sequence[str] | None = None) -> None:
+                 column_keys: Sequence[str] | None = None, *,
+                 rows: bool | None = None) -> None:
+        """`rows`: whether callers read what the statement returns (default: SELECTs, text
+        and RETURNING do); in pipeline mode a statement nobody reads is not waited for."""
         compiled = cast(SQLCompiler, statement.compile(
             dialect=dialect, column_keys=list(column_keys) if column_keys else None))
         self.sql = str(compiled)
+        dml = compiled.isinsert or compiled.isupdate or compiled.isdelete
+        self.returns_rows = (rows if rows is not None
+                             else bool(compiled.effective_returning) or not dml)
         self.positional = bool(compiled.positional)
         binds = {name: bind for bind, name in compiled.bind_names.items()}
         names = list(compiled.positiontup or []) if self.positional else list(binds)
@@ -53,27 +70,38 @@ class Precompiled:
             if processor is not None:
                 processors[name] = processor
         self._processors = processors
+        # Per parameter: its processor or None (one tuple walk per row, no dict lookups).
+        self._plan = tuple((n, processors.get(n)) for n in names)
         # Values compiled into the statement (constants in WHERE/SET) are still parameters.
         self._fixed = {n: binds[n].value for n in set(names)
                        if not binds[n].required and binds[n].value is not None}
 
     def bind(self, values: Mapping[str, Any]) -> Any:
         """Driver parameters (tuple for positional drivers, dict otherwise) for one row."""
-        procs = self._processors
         if self._fixed:
             values = {**self._fixed, **values}
         if self.positional:
-            return tuple(procs[n](values[n]) if n in procs else values[n] for n in self.names)
-        return {n: procs[n](values[n]) if n in procs else values[n] for n in self.names}
+            return tuple([values[n] if p is None else p(values[n]) for n, p in self._plan])
+        return {n: values[n] if p is None else p(values[n]) for n, p in self._plan}
 
     def execute(self, conn: Connection, values: Mapping[str, Any] | None = None) -> Rows:
-        return _run(conn, self.sql, self.bind(values or {}), many=False)
+        """Run the statement; its rows (if it `returns_rows`) once the server sent them."""
+        out = _run(conn, self.sql, self.bind(values or {}), many=False,
+                   wait=self.returns_rows)
+        # Queued in pipeline mode, unread: its failure surfaces at the writer's flush.
+        return out if isinstance(out, Rows) else Rows([])
+
+    def send(self, conn: Connection,
+             values: Mapping[str, Any] | None = None) -> Pending | Rows:
+        """Run the statement, reading its rows only when `result()` is asked for: in pipeline
+        mode several statements' results then come back in one round trip."""
+        return _run(conn, self.sql, self.bind(values or {}), many=False, wait=False)
 
     def execute_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """One executemany for all rows (nothing to do for none)."""
         params = [self.bind(row) for row in rows]
         if params:
-            _run(conn, self.sql, params, many=True)
+            _run(conn, self.sql, params, many=True, wait=False)
 
 
 class Rows:
@@ -100,12 +128,85 @@ class Rows:
             raise MultipleResultsFound("the statement returned several rows")
         return self._rows[0][0]
 
+    def result(self) -> Rows:
+        return self
 
-def _run(conn: Connection, sql: str, params: Any, *, many: bool) -> Rows:
+
+class Pending:
+    """A statement queued in pipeline mode whose rows are read on demand."""
+
+    __slots__ = ("_conn", "_cursor", "_params", "_sql")
+
+    def __init__(self, conn: Connection, cursor: Any, sql: str, params: Any) -> None:
+        self._conn, self._cursor, self._sql, self._params = conn, cursor, sql, params
+
+    def result(self) -> Rows:
+        """The rows (waits for the server; a failure of this statement raises here)."""
+        conn, cursor = self._conn, self._cursor
+        with _translated(conn, cursor, self._sql, self._params):
+            try:
+                return Rows(list(cursor.fetchall()))
+            finally:
+                cursor.close()
+
+
+def in_pipeline(conn: Connection) -> bool:
+    """Whether `conn` is in PostgreSQL pipeline mode (see the module docstring)."""
+    pgconn = getattr(conn.connection.dbapi_connection, "pgconn", None)
+    return pgconn is not None and bool(pgconn.pipeline_status)
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection) -> Iterator[Callable[[], None]]:
+    """Pipeline mode for the block on psycopg (a no-op elsewhere); yields `flush`, which
+    sends what is queued and waits until the server ran it (raising its failure, if any)."""
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    if not hasattr(dbapi_conn, "pipeline"):
+        yield _nothing
+        return
+    with _translated(conn, None, "SYNC", None), dbapi_conn.pipeline() as pipe:
+        def flush() -> None:
+            with _translated(conn, None, "SYNC", None):
+                pipe.sync()
+
+        yield flush
+
+
+def _nothing() -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _translated(conn: Connection, cursor: Any, sql: str, params: Any) -> Iterator[None]:
+    """Driver errors as the matching sqlalchemy.exc class; a lost connection invalidated."""
+    try:
+        yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, cursor, sql, params, exc) from exc
+
+
+def _wrapped(conn: Connection, cursor: Any, sql: str, params: Any,
+             exc: Any) -> Exception:
+    """The sqlalchemy.exc error for a driver error; a lost connection is invalidated."""
+    dialect = conn.dialect
+    dbapi_conn = conn.connection.dbapi_connection if not conn.invalidated else None
+    lost = dialect.is_disconnect(exc, dbapi_conn, cursor)
+    if lost and not conn.invalidated:
+        conn.invalidate(exc)
+    error: Exception = DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error,
+                                           connection_invalidated=lost, dialect=dialect)
+    return error
+
+
+def _run(conn: Connection, sql: str, params: Any, *, many: bool,
+         wait: bool) -> Rows | Pending:
+    """Execute on the DBAPI cursor. In pipeline mode the statement is only queued unless
+    `wait` (the caller reads its rows now); a queued one returns `Pending`."""
     dbapi_conn = conn.connection.dbapi_connection
     assert dbapi_conn is not None
-    dialect = conn.dialect
     cursor = dbapi_conn.cursor()
+    keep_open = False
+    # Inline rather than `_translated` (a context manager costs more than SQLite's INSERT).
     try:
         for before in conn.dispatch.before_cursor_execute:
             sql, params = before(conn, cursor, sql, params, None, many)
@@ -113,15 +214,20 @@ def _run(conn: Connection, sql: str, params: Any, *, many: bool) -> Rows:
             cursor.executemany(sql, params)
         else:
             cursor.execute(sql, params)
-        rows = list(cursor.fetchall()) if cursor.description is not None else []
+        pipeline = getattr(dbapi_conn, "pgconn", None) is not None and in_pipeline(conn)
+        if pipeline and not wait and not many:
+            pending = Pending(conn, cursor, sql, params)
+            keep_open = True
+            rows: list[tuple[Any, ...]] = []
+        elif pipeline and wait:
+            rows = list(cursor.fetchall())
+        else:
+            rows = list(cursor.fetchall()) if cursor.description is not None else []
         for after in conn.dispatch.after_cursor_execute:
             after(conn, cursor, sql, params, None, many)
-        return Rows(rows)
-    except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, dbapi_conn, cursor)
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error,
-                                  connection_invalidated=lost, dialect=dialect) from exc
+        return pending if keep_open else Rows(rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, cursor, sql, params, exc) from exc
     finally:
-        cursor.close()
+        if not keep_open:
+            cursor.close()

@@ -306,18 +306,3 @@ def test_two_engines_share_one_database(registry_factory: Factory) -> None:
         t.join()
     assert len(set(answers)) == 1
     assert one.counts()["patient"] == 1
-
-
-@pytest.mark.parametrize(
-    "change",
-    [("^PRN^PH^^^555^5551234", "^PRN^PH^^^555^" + "5" * 80), ("|1 Main St^", "|1 Ma\x00in St^")],
-    ids=["over-long-phone", "nul-in-address"],
-)
-def test_values_the_database_refuses_are_not_answered_retry(
-        registry: Registry, change: tuple[str, str]) -> None:
-    """A value a backend cannot store is answered AE (fix it), never AR 207 (resend) forever."""
-    message = vxu("C-VALUE").replace(*change, 1)
-    assert message != vxu("C-VALUE")
-    first = registry.send(message)
-    assert msa(first) in ("AA", "AE")
-    assert msa(registry.send(message)) == msa(first)
