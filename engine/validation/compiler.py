@@ -76,6 +76,8 @@ class ComponentRule:
     severity: str = "W"
     # the predicate's condition over the repetition's component list (the fast path's form)
     parts_condition: Evaluator | None = None
+    # the components the predicate's condition reads: it is a pure function of their texts
+    predicate_reads: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class FieldRule:
     binding_id: str
     components: tuple[ComponentRule, ...]
     rule: str = ""  # overlay rule id replacing the generic usage.* id
+    # the fields the predicate's condition reads: it is a pure function of their texts
+    predicate_reads: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,9 @@ class Statement:
     reads: frozenset[int] = frozenset()
     # group statements: the position steps of every path read (child positions, then field)
     group_reads: frozenset[tuple[int, ...]] = frozenset()
+    # ...and those of them read by Presence tests only (for a path that stops at a group or
+    # segment, "is any field of its segments valued?", not their texts)
+    group_presence: frozenset[tuple[int, ...]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +293,9 @@ def _predicates(data: Mapping[str, Any], tables: CodeTables) -> dict[tuple[str, 
 def _components(pid: str, seg_id: str, field_no: int, dt_flavour: str,
                 datatypes: Mapping[str, Any], preds: Mapping[tuple[str, str, int], Any],
                 tables: CodeTables, overlay: Overlay | None,
-                field_binding_loc: str | None) -> tuple[ComponentRule, ...]:
+                field_binding_loc: str | None,
+                pred_reads: Mapping[tuple[str, str, int], frozenset[int]]
+                ) -> tuple[ComponentRule, ...]:
     dt = datatypes.get(dt_flavour)
     if dt is None:
         return ()
@@ -306,6 +315,7 @@ def _components(pid: str, seg_id: str, field_no: int, dt_flavour: str,
             n=c["n"], name=c["name"], usage=usage,
             predicate=preds.get(("datatype", dt_flavour, c["n"])) if usage == "C" else None,
             parts_condition=parts[0] if parts is not None else None,
+            predicate_reads=pred_reads.get(("datatype", dt_flavour, c["n"]), frozenset()),
             datatype=datatypes.get(c["datatype"], {}).get("name") or c["datatype"],
             maxlen=_num(c.get("maxlen")), binding=check, binding_id=binding_id,
             rule=rule, severity=severity))
@@ -321,6 +331,23 @@ def _paths(expr: Mapping[str, Any] | None) -> set[tuple[int, ...]]:
     for arg in expr.get("args", ()):
         out |= _paths(arg)
     return out
+
+
+def _presence_only(expr: Mapping[str, Any] | None) -> set[tuple[int, ...]]:
+    """The paths of `_paths(expr)` that only Presence tests read."""
+    presence: set[tuple[int, ...]] = set()
+    other: set[tuple[int, ...]] = set()
+
+    def walk(e: Mapping[str, Any]) -> None:
+        for key in ("path", "path1", "path2"):
+            if key in e:
+                steps = tuple(n for n, _ in parse_path(e[key]))
+                (presence if e["op"] == "Presence" else other).add(steps)
+        for arg in e.get("args", ()):
+            walk(arg)
+    if expr:
+        walk(expr)
+    return presence - other
 
 
 def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
@@ -344,13 +371,19 @@ def _statement(c: Mapping[str, Any], tables: CodeTables) -> Statement:
                      target_first=steps[0][0] if steps else 0,
                      parts_check=parts_check, parts_guard=parts_guard,
                      reads=frozenset({p[0] for p in paths} | ({steps[0][0]} if steps else set())),
-                     group_reads=frozenset(paths) if context == "group" else frozenset())
+                     group_reads=frozenset(paths) if context == "group" else frozenset(),
+                     group_presence=frozenset(_presence_only(c["assertion"]))
+                     if context == "group" else frozenset())
 
 
 def compile_profile(data: Mapping[str, Any], tables: CodeTables,
                     overlay: Overlay | None) -> CompiledProfile:
     pid = data["id"]
     preds = _predicates(data, tables)
+    # (context, of, target position) -> the fields / components the condition reads
+    pred_reads = {(p["context"], p["of"], int(p["target"].split("[")[0])):
+                  frozenset(steps[0] for steps in _paths(p["condition"]))
+                  for p in data["predicates"]}
     datatypes = data["datatypes"]
     statements = [_statement(c, tables) for c in data["constraints"]]
     seg_statements: dict[str, list[Statement]] = {}
@@ -380,19 +413,22 @@ def compile_profile(data: Mapping[str, Any], tables: CodeTables,
             rules.append(FieldRule(
                 n=f["n"], name=f["name"], usage=usage,
                 predicate=preds.get(("segment", flavour, f["n"])) if usage == "C" else None,
+                predicate_reads=pred_reads.get(("segment", flavour, f["n"]), frozenset()),
                 max=_num(f["max"]), datatype=dt.get("name") or f["datatype"],
                 flavour=f["datatype"], maxlen=_num(f["maxlen"]),
                 binding=tables.checker(binding_id) if binding_id else None,
                 binding_id=binding_id,
                 components=_components(pid, seg["name"], f["n"], f["datatype"], datatypes,
-                                       preds, tables, overlay, f.get("binding_location")),
+                                       preds, tables, overlay, f.get("binding_location"),
+                                       pred_reads),
                 rule=rule))
         dyn = seg.get("dynamic")
         segments[flavour] = SegmentRules(
             id=seg["name"], flavour=flavour, fields=tuple(rules),
             dynamic=(dyn["position"], dyn["reference"], dyn["cases"]) if dyn else None,
             statements=tuple(seg_statements.get(flavour, ())))
-    comp_tables = {name: _components(pid, "", 0, name, datatypes, preds, tables, None, None)
+    comp_tables = {name: _components(pid, "", 0, name, datatypes, preds, tables, None, None,
+                                     pred_reads)
                    for name in datatypes}
     msg = data["message"]
     return CompiledProfile(

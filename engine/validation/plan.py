@@ -1,33 +1,41 @@
 """Fast "is this segment clean?" plans, compiled once per profile segment at start-up.
 
-Owns the fast path of field validation. A clean segment (the common case) must cost a regular
-expression match and a handful of set look-ups, not a walk over every field rule, so each
-segment flavour of each profile is compiled into a `SegmentPlan`:
+Owns the fast path of field validation. A clean segment (the common case) must cost a few
+dict look-ups and the regular expressions of its new field values, not a walk over every
+field rule, so each segment flavour of each profile is compiled into a `SegmentPlan`:
 
-- `shape`: one regular expression over the raw segment text (default delimiters) that accepts
-  only text where every static check passes: required fields and components valued, X fields
-  blank, repetitions within the maximum, lengths within their limits, NM/SI/DT/DTM values well
-  formed, no escape sequences in a profiled field;
-- `conditional`: C fields whose predicate can make them R (when empty) or X (when valued);
-- `coded`: per valued field, the checks a regular expression cannot do (value sets, C
-  components, datatype conformance statements), as closures over the raw field text;
+- `fields`: per profiled field, a regular expression over the raw field text (default
+  delimiters) that accepts only text where every static check passes (R field and
+  components valued, X field blank, repetitions within the maximum, lengths within their
+  limits, NM/SI/DT/DTM values well formed, no escape sequences), plus the checks a regular
+  expression cannot do (value sets, C components, datatype conformance statements) as a
+  closure over the field text; `last_required` and `head` complete what one expression over
+  the whole segment used to say (R fields present, segment id / MSH-2). Per field rather than
+  per segment because senders repeat most field values (codes, namespaces, routes) while ids,
+  names and dates are new: a field seen before costs one look-up, and only the new ones are
+  matched (a whole-segment expression re-matched every field of every new segment);
+- `statements`: the segment's conformance statements (all but the natively evaluated SetID
+  ones) and the C fields whose predicate can make them R (when empty) or X (when valued),
+  grouped by the fields they read (`Statement.reads`, `FieldRule.predicate_reads`);
 - `dynamic`: OBX-5, whose datatype OBX-2 chooses.
 
-`verdict()` adds the segment's conformance statements (all but the natively evaluated SetID
-ones) and memoises: the pair (clean?, failing statements) per segment text, each statement
-group's failures per text of the fields it reads (`Statement.reads`), and each coded test per
-field text. These are pure functions of those texts under the default delimiters, so the memo
-is exact; it is bounded (SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan,
-FIELD_MEMO keys of up to FIELD_TEXT characters per field test or statement group; a full dict
-is cleared) because a
-registry sees millions of distinct ids, names and dates, while the values that repeat (codes,
-whole RXR/OBX/PD1 segments) come straight back after a clear.
+`verdict()` memoises, all pure functions of their key under the default delimiters, so each
+memo is exact: the pair (clean?, failing statements) per segment text; every statement
+group's outcome at once per texts of all the fields the groups read (one look-up while none
+of them is new), then each group's per texts of its own fields; each field test per field
+text (the tests of fields without a coded test are pooled by pattern across plans); a
+composite field's coded test with several statements or predicates per texts of the
+components it reads (EI: namespace, OID, type - not the id). A memo is a dict cleared when
+full, and long keys are never kept (bounds below), because a registry sees millions of
+distinct ids, names and dates, while the values that repeat (codes, whole RXR/OBX/PD1
+segments) come straight back after a clear.
 
-The plan is a conservative filter, never the judge: `clean()` is True only when the full
+The plan is a conservative filter, never the judge: a segment is clean only when the full
 field-by-field check in `engine.validation.validator` would report nothing and change nothing.
 Anything else (a finding, an escape sequence, other delimiters, a 29 February) goes to that
-full check, which alone writes findings. The calendar patterns therefore only accept dates
-that are valid in every year; a leap day takes the full path and is judged there.
+full check, which alone writes findings (tests/validation/test_memo.py checks this). The
+calendar patterns therefore only accept dates that are valid in every year; a leap day takes
+the full path and is judged there.
 """
 
 from __future__ import annotations
@@ -75,14 +83,18 @@ Verdict = tuple[bool, tuple[int, ...]]  # (clean, indexes of failing segment sta
 # Memo bounds. A registry sees millions of distinct ids, names and dates, so every memo is a
 # dict that is cleared when it reaches its size, and long keys are never kept: at most
 # SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan, and FIELD_MEMO keys of
-# up to FIELD_TEXT characters per field test, statement group or validator memo. Worst case
-# for the 28 inbound plans (457 field tests, 50 statement groups): about 28 * 1024 * 0.6 kB
-# + 550 * 256 * 0.25 kB = 17 + 35 MB; real keys are far shorter (codes, short segments).
+# up to FIELD_TEXT characters per field test, composite test, statement group, plan outcome
+# or validator memo. Worst case for the 28 inbound plans (518 field-test memos, 20 composite,
+# 59 statement-group and 13 outcome memos, 24 OBX-5 cases) and the validator's memos: about
+# 28 * 1024 * 0.6 kB + 640 * 256 * 0.25 kB = 17 + 41 MB (+ 3 MB of group statement keys);
+# real keys are far shorter (codes, short segments).
 SEGMENT_MEMO = 1024
 MEMO_TEXT = 512
 FIELD_MEMO = 256
 FIELD_TEXT = 128
 Conditional = tuple[int, Callable[[list[str], Delimiters], bool], str, str, bool, bool]
+# (field, its pattern, coded test or None, memo of the pair's answer per field text, R?)
+FieldTest = tuple[int, re.Pattern[str], FieldCheck | None, dict[str, bool], bool]
 
 
 def _maxlen(n: int, chars: str) -> str:
@@ -176,7 +188,7 @@ def _field_check(rule: FieldRule, comps: tuple[ComponentRule, ...],
             return True
         return primitive
 
-    def composite(raw: str) -> bool:
+    def composite_check(raw: str) -> bool:
         # a blank field is empty to the field check, but datatype statements still look at it
         valued = bool(raw.strip(BLANK))
         for rep in (raw.split("~") if "~" in raw else (raw,)):
@@ -200,6 +212,41 @@ def _field_check(rule: FieldRule, comps: tuple[ComponentRule, ...],
             if sts and not _statements_ok(sts, parts):
                 return False
         return True
+
+    # One repetition: the answer depends on whether the field is blank, on the texts of the
+    # components the tests read (codes, statement and predicate paths) and on whether each
+    # conditional component is valued, not on the others (ids, names, numbers): remembered
+    # per those.
+    reads = ({n for n, _c in coded} | ({1, 3} if binding is not None else set())
+             | {k for st in sts for k in st.reads}
+             | {k for c in comps if c.usage == "C" and c.predicate is not None
+                and c.parts_condition is not None for k in c.predicate_reads})
+    flags = {n for n, *_rest in conditional} - reads
+    if any(not c.predicate_reads for c in comps if c.usage == "C" and c.predicate is not None
+           and c.parts_condition is not None) or min(reads | flags, default=1) < 1:
+        return composite_check  # reads unknown: no memo
+    if len(conditional) + 2 * len(sts) < 4:
+        return composite_check  # a key would cost about what the check does (measured)
+    top = max(reads | flags)
+    pick = operator.itemgetter(*[k - 1 for k in sorted(reads)])
+    flag = tuple(k - 1 for k in sorted(flags))
+    memo: dict[tuple[object, ...], bool] = {}
+
+    def composite(raw: str) -> bool:
+        if "~" in raw:
+            return composite_check(raw)
+        parts = raw.split("^")
+        if len(parts) < top:
+            parts += [""] * (top - len(parts))
+        texts = pick(parts)
+        key = (bool(raw.strip(BLANK)), texts, *[bool(parts[k].strip("&")) for k in flag])
+        got = memo.get(key)
+        if got is None:
+            got = composite_check(raw)
+            size = len(texts) if isinstance(texts, str) else sum(map(len, texts))
+            if size <= FIELD_TEXT:
+                remember(memo, key, got, FIELD_MEMO)
+        return got
     return composite
 
 
@@ -230,34 +277,47 @@ def _memo(check: FieldCheck) -> FieldCheck:
     return cached
 
 
-# (fields read, memo of failing statement indexes per read text(s), (index, statement)...)
-StatementGroup = tuple[tuple[int, ...], Callable[[list[str]], object],
-                       dict[object, tuple[int, ...]], tuple[tuple[int, Statement], ...]]
+# A segment's conformance statements and conditional-field predicates, grouped by the fields
+# they read: (fields read, their texts from a field list, memo, (index, statement)...,
+# conditionals). The memo maps the texts read to (failing statement indexes, each
+# conditional's predicate outcome).
+Outcome = tuple[tuple[int, ...], tuple[bool, ...]]
+Outcomes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+StatementGroup = tuple[tuple[int, ...], Callable[[list[str]], object], dict[object, Outcome],
+                       tuple[tuple[int, Statement], ...], tuple[Conditional, ...]]
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentPlan:
-    shape: re.Pattern[str]
-    conditional: tuple[Conditional, ...]
-    # (field, clean-test, memo of its answer per field text): the tests are pure functions of
-    # the text and senders repeat most coded values (CVX, MVX, routes, funding, VIS documents)
-    coded: tuple[tuple[int, FieldCheck, dict[str, bool]], ...]
+    # per profiled field: its pattern, its coded test and one memo of the pair per field text
+    fields: tuple[FieldTest, ...]
+    last_required: int  # highest R field number: a segment ending before it is not clean
+    head: tuple[int, str]  # (field index, text) the segment must start with: id, MSH-2
     dynamic: tuple[int, int, int, Mapping[str, tuple[re.Pattern[str], FieldCheck | None]]] | None
     # the segment's conformance statements evaluated natively (SetID...): their results
     # depend on the segment's position, so `verdict` leaves them to the validator
     native: bool = False
-    # the checked segment statements, grouped by the fields they read (see `verdict`)
+    # the checked segment statements and the conditional fields, by the fields they read
     statements: tuple[StatementGroup, ...] = ()
+    # every field the groups read (sorted), their texts from a field list, and the memo of
+    # all the groups' outcomes per those texts (one look-up when none of them is new)
+    reads: tuple[int, ...] = ()
+    pick: Callable[[list[str]], object] | None = None
+    outcomes: dict[object, Outcomes] = field(default_factory=dict, compare=False,
+                                                        repr=False)
     memo: dict[str, Verdict] = field(default_factory=dict, compare=False, repr=False)
 
     def verdict(self, raw: str, fields: list[str]) -> Verdict:
-        """`clean()` and the failing segment statements of a default-delimiter segment.
+        """(clean?, failing segment statements) of a default-delimiter segment.
 
-        Both are pure functions of the segment text (a segment statement reads only its
-        segment's fields; none depends on the date or on other segments), so the pair is
-        remembered per segment text, and each statement group's failures per text of the
-        fields it reads: a repeated segment (RXR, funding/VIS OBX, PD1...) costs one dict
-        look-up, a new one mostly look-ups of repeated field values.
+        Clean means the full check of the segment would find nothing: every field passes its
+        test (`clean_fields`), no conditional field is R while empty or X while valued, and
+        OBX-5 fits the type OBX-2 names. All of it is a pure function of the segment text (a
+        segment statement or predicate reads only its segment's fields; none depends on the
+        date or on other segments), so the pair is remembered per segment text, and each
+        statement group's outcome per text of the fields it reads, each field test's per
+        field text: a repeated segment (RXR, funding/VIS OBX, PD1...) costs one dict look-up,
+        a new one mostly look-ups of repeated field values.
         """
         memo = self.memo
         got = memo.get(raw)
@@ -265,48 +325,82 @@ class SegmentPlan:
             return got
         failing: tuple[int, ...] = ()
         count = len(fields)
-        for reads, pick, fails, sts in self.statements:
-            key = pick(fields) if reads[-1] < count else tuple(
-                fields[n] if n < count else "" for n in reads)
-            bad = fails.get(key)
-            if bad is None:
-                bad = tuple(k for k, st in sts
-                            if st.check is not None and not st.check(fields, D)
-                            and (st.guard is None or st.guard(fields, D)))
+        ok = True
+        if self.pick is not None:
+            key = self.pick(fields) if self.reads[-1] < count else tuple(
+                fields[n] if n < count else "" for n in self.reads)
+            every = self.outcomes.get(key)
+            if every is None:
+                every = self._outcomes(fields, count)
                 size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
                 if size <= FIELD_TEXT:
-                    remember(fails, key, bad, FIELD_MEMO)
-            if bad:
-                failing += bad
-        got = (self.clean(raw, fields), failing)
+                    remember(self.outcomes, key, every, FIELD_MEMO)
+            failing, valued, blank = every
+            # conditional fields: R ones must be valued, X ones blank
+            for n in valued:
+                value = fields[n] if n < count else ""
+                if not value or not value.strip(BLANK):
+                    ok = False
+            for n in blank:
+                value = fields[n] if n < count else ""
+                if value and value.strip(BLANK):
+                    ok = False
+        got = (ok and self.clean_fields(fields), failing)
         if len(raw) <= MEMO_TEXT:
             remember(memo, raw, got, SEGMENT_MEMO)
         return got
 
-    def clean(self, raw: str, fields: list[str]) -> bool:
-        """True when the full check of this segment would find nothing (default delimiters)."""
-        if self.shape.fullmatch(raw) is None:
-            return False
+    def _outcomes(self, fields: list[str], count: int) -> Outcomes:
+        """The groups' outcomes (each remembered per text of the fields it reads), as
+        (failing statements, conditional fields that must be valued, ... must be blank)."""
+        failing: tuple[int, ...] = ()
+        valued: list[int] = []
+        blank: list[int] = []
+        for reads, pick, known, sts, conds in self.statements:
+            key = pick(fields) if reads[-1] < count else tuple(
+                fields[n] if n < count else "" for n in reads)
+            out = known.get(key)
+            if out is None:
+                out = (tuple(k for k, st in sts
+                             if st.check is not None and not st.check(fields, D)
+                             and (st.guard is None or st.guard(fields, D))),
+                       tuple(cond(fields, D) for _n, cond, *_rest in conds))
+                size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
+                if size <= FIELD_TEXT:
+                    remember(known, key, out, FIELD_MEMO)
+            bad, outcomes = out
+            failing += bad
+            for (n, _cond, true_usage, false_usage, if_empty, if_valued), outcome in zip(
+                    conds, outcomes, strict=True):
+                usage = true_usage if outcome else false_usage
+                if if_empty and usage == "R":
+                    valued.append(n)
+                elif if_valued and usage == "X":
+                    blank.append(n)
+        return failing, tuple(valued), tuple(blank)
+
+    def clean_fields(self, fields: list[str]) -> bool:
+        """Every field passes its static checks and coded test, OBX-5 its type's."""
         count = len(fields)
-        for n, cond, true_usage, false_usage, if_empty, if_valued in self.conditional:
-            value = fields[n] if n < count else ""
-            if not value or not value.strip(BLANK):
-                if if_empty and (true_usage if cond(fields, D) else false_usage) == "R":
-                    return False
-            elif if_valued and (true_usage if cond(fields, D) else false_usage) == "X":
-                return False
-        for n, check, known in self.coded:
+        at, head = self.head
+        if count <= self.last_required or fields[at] != head:
+            return False
+        for n, pattern, check, known, required in self.fields:
             if n >= count:
-                break  # sorted by field number
+                break  # sorted by field number; absent fields are not R (last_required)
             text = fields[n]
-            if text:
-                ok = known.get(text)
-                if ok is None:
-                    ok = check(text)
-                    if len(text) <= FIELD_TEXT:
-                        remember(known, text, ok, FIELD_MEMO)
-                if not ok:
+            if not text:  # the pattern of a field that is not R accepts ""
+                if required:
                     return False
+                continue
+            ok = known.get(text)
+            if ok is None:
+                ok = pattern.fullmatch(text) is not None and (
+                    check is None or not text or check(text))
+                if len(text) <= FIELD_TEXT:
+                    remember(known, text, ok, FIELD_MEMO)
+            if not ok:
+                return False
         if self.dynamic is not None:
             return self._dynamic_clean(fields)
         return True
@@ -332,23 +426,23 @@ class SegmentPlan:
 
 
 def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule, ...]],
-               datatype_statements: Mapping[str, tuple[Statement, ...]]) -> SegmentPlan:
+               datatype_statements: Mapping[str, tuple[Statement, ...]],
+               shared: dict[str, tuple[re.Pattern[str], dict[str, bool]]] | None = None
+               ) -> SegmentPlan:
+    """Compile one segment flavour; `shared` pools the field tests without a coded test by
+    pattern text (one compiled pattern and one memo for every field of that form)."""
+    shared = {} if shared is None else shared
     by_n = {r.n: r for r in rules.fields}
     top = max(by_n) if by_n else 0
     msh = rules.id == "MSH"
-    parts: list[str] = []
-    required: list[bool] = []
-    conditional: list[Conditional] = []
-    coded: list[tuple[int, FieldCheck, dict[str, bool]]] = []
+    tests: list[FieldTest] = []
+    conditional: list[tuple[Conditional, frozenset[int]]] = []
+    last_required = 0
     dyn_n = rules.dynamic[0] if rules.dynamic is not None else 0
-    for n in range(1, top + 1):
+    for n in range(3 if msh else 1, top + 1):
         r = by_n.get(n)
-        if msh and n <= 2:
-            continue
         if r is None:
-            parts.append(r"[^|]*")
-            required.append(False)
-            continue
+            continue  # not profiled: anything but a field separator
         usage = r.usage
         if usage == "C":
             if r.predicate is not None:
@@ -356,24 +450,25 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
                 if_empty, if_valued = "R" in (true_usage, false_usage), "X" in (
                     true_usage, false_usage)
                 if if_empty or if_valued:
-                    conditional.append((n, cond, true_usage, false_usage, if_empty, if_valued))
-            usage = "O"  # the shape allows both; `conditional` decides
+                    conditional.append(((n, cond, true_usage, false_usage, if_empty,
+                                         if_valued), r.predicate_reads))
+            usage = "O"  # the pattern allows both; the conditional decides
+        if usage == "R":
+            last_required = n
         statements = datatype_statements.get(r.flavour, ())
-        # Atomic per field, ending at a field boundary: once a field has matched, a failure
-        # later in the segment cannot backtrack into it. Without this, runs of empty optional
-        # fields (each matchable two ways) made a late mismatch exponential in their number.
-        parts.append(f"(?>(?:{_field_pattern(r, r.components, r.datatype, n == dyn_n, usage)})"
-                     r"(?=\||\Z))")
-        required.append(usage == "R")
+        pattern = _field_pattern(r, r.components, r.datatype, n == dyn_n, usage)
+        check: FieldCheck | None = None
         if n != dyn_n:
             check = _field_check(r, r.components, statements)
-            if check is not None:
-                coded.append((n, check, {}))
         elif statements:
-            coded.append((n, _all_reps(statements), {}))
-    head = (r"MSH\|" + re.escape(D.encoding_characters)) if msh else re.escape(rules.id)
-    tail = r"(?s:\|.*)?"
-    body = _nest(["", *parts], [False, *required], "|", tail) if parts else tail
+            check = _all_reps(statements)
+        if check is not None:
+            tests.append((n, re.compile(pattern), check, {}, usage == "R"))
+        else:
+            pooled = shared.get(pattern)
+            if pooled is None:
+                pooled = shared[pattern] = (re.compile(pattern), {})
+            tests.append((n, pooled[0], None, pooled[1], usage == "R"))
     dynamic = None
     if rules.dynamic is not None:
         n, ref, case_map = rules.dynamic
@@ -386,17 +481,25 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
             check = _field_check(r, comps, ())
             cases[kind] = (re.compile(pattern), None if check is None else _memo(check))
         dynamic = (n, ref, r.max, cases)
-    return SegmentPlan(shape=re.compile(head + body), conditional=tuple(conditional),
-                       coded=tuple(coded), dynamic=dynamic,
+    groups = _statement_groups(rules.statements, conditional)
+    reads = tuple(sorted({n for group in groups for n in group[0]}))
+    return SegmentPlan(fields=tuple(tests), last_required=last_required,
+                       reads=reads, pick=operator.itemgetter(*reads) if reads else None,
+                       head=(2, D.encoding_characters) if msh else (0, rules.id),
+                       dynamic=dynamic,
                        native=any(st.check is None for st in rules.statements),
-                       statements=_statement_groups(rules.statements))
+                       statements=groups)
 
 
-def _statement_groups(statements: tuple[Statement, ...]) -> tuple[StatementGroup, ...]:
-    """Checked segment statements grouped by the fields they read, for `verdict`'s memo."""
-    by_reads: dict[tuple[int, ...], list[tuple[int, Statement]]] = {}
+def _statement_groups(statements: tuple[Statement, ...],
+                      conditional: list[tuple[Conditional, frozenset[int]]]
+                      ) -> tuple[StatementGroup, ...]:
+    """Checked segment statements and conditional fields, grouped by the fields they read."""
+    by_reads: dict[tuple[int, ...], tuple[list[tuple[int, Statement]], list[Conditional]]] = {}
     for k, st in enumerate(statements):
         if st.check is not None:
-            by_reads.setdefault(tuple(sorted(st.reads)) or (0,), []).append((k, st))
-    return tuple((reads, operator.itemgetter(*reads), {}, tuple(sts))
-                 for reads, sts in by_reads.items())
+            by_reads.setdefault(tuple(sorted(st.reads)) or (0,), ([], []))[0].append((k, st))
+    for cond, reads in conditional:
+        by_reads.setdefault(tuple(sorted(reads)) or (0,), ([], []))[1].append(cond)
+    return tuple((reads, operator.itemgetter(*reads), {}, tuple(sts), tuple(conds))
+                 for reads, (sts, conds) in by_reads.items())

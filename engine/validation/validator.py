@@ -12,27 +12,35 @@ the IZ-nn conformance statements, and then the CDC IG propagation chain
 
 Execution (what runs per message, and why it is cheap when the message is clean):
 - structure: grammar placement and its findings depend only on the segment ids, so they are
-  computed once per (profile, id sequence) as a `_Shape` and reused (bounded cache);
-- fields: each placed segment is first offered to its compiled `plan.SegmentPlan` (one regular
-  expression plus value-set/predicate closures); only a segment the plan cannot call clean
-  goes through the field-by-field check below, which alone creates findings;
+  computed once per (profile, id sequence) as a `_Shape` and reused (bounded cache), with the
+  work lists of the later passes (checked segments, SetID statements and their expected
+  values, group instances with statements and what those read, OBX numbering...);
+- fields: each placed segment is first offered to its compiled `plan.SegmentPlan` (per-field
+  regular expressions plus value-set/predicate closures); only a segment the plan cannot call
+  clean goes through the field-by-field check below, which alone creates findings;
 - statements and predicates are closures over the segment's raw field list with the path
-  resolved at load (`paths`), evaluated check-first (the guard only matters on failure);
-- memos (default delimiters only): the plan's verdict (clean? which segment statements fail?)
-  per segment text and per text of the fields each statement reads, the value-set tests per
-  field text, group statements per (instance structure, texts of the fields their paths
-  name), IZ-24 per RXA-5/9/20 + OBX-3 texts, the RXA code rules per RXA-5/9/17/20 texts,
-  and dates per text. All are pure functions of their key, so a result never depends on
-  what was validated before (tests/validation/test_memo.py). Senders repeat coded values
-  and whole segments (RXR, funding/VIS OBX, PD1) while ids, names and dates differ, so a
-  new message costs mostly look-ups plus the regular expressions of its new segments.
+  resolved at load (`paths`), evaluated check-first (the guard only matters on failure); a
+  message the plans found clean only has its SetID statements and group statements left;
+- memos (default delimiters only): the plan's (see plan.py: per segment text, per text of the
+  fields the statements and predicates read, per field text, per composite's read
+  components), group statements per (instance structure, texts of the fields their paths name
+  or, for a path stopping at a segment or group that only Presence reads, whether its
+  segments are valued) when they read more than two fields (IZ-23; IZ-45 reads ORC-3, new in
+  every message, and is cheaper evaluated), the RXA code rules and IZ-24's condition per
+  RXA-5/9/17/20 texts, OBX-1/3/4 values per OBX text, and dates per text. All are pure
+  functions of their key, so a result never depends on what was validated before
+  (tests/validation/test_memo.py). Senders repeat coded values and whole segments (RXR,
+  funding/VIS OBX, PD1) while ids, names and dates differ, so a new message costs mostly
+  look-ups plus the regular expressions of its new field values. A message without findings
+  shares one immutable result per profile.
   Bounds: each memo is a dict cleared when full - plan.SEGMENT_MEMO (1024) segment texts
-  of up to plan.MEMO_TEXT (512) characters per plan; plan.FIELD_MEMO (256) keys of up to
-  plan.FIELD_TEXT (128) characters per field test / statement group / group statement /
-  IZ-24 / RXA / date memo (group statement keys: up to GROUP_TEXT, 2048) - about 55 MB in
-  the worst case (see plan.py), far less with real keys. Look-ups and stores are single dict operations (`.get`,
-  never `in` then `[...]`), so a thread pool sharing one Validator stays correct under the
-  GIL: a clear racing a look-up only costs a recomputation.
+  of up to plan.MEMO_TEXT (512) characters per plan and for the OBX memo; plan.FIELD_MEMO
+  (256) keys of up to plan.FIELD_TEXT (128) characters per field test / composite test /
+  statement group / plan outcome / group statement / RXA / date memo (group statement keys:
+  up to GROUP_TEXT, 2048) - about 60 MB in the worst case (see plan.py), far less with real
+  keys. Look-ups and stores are single dict operations (`.get`, never `in` then `[...]`), so
+  a thread pool sharing one Validator stays correct under the GIL: a clear racing a look-up
+  only costs a recomputation.
 
 Decisions (written down because nobody else will):
 - MSH is never "rejected": MSH-9/11/12 are the pipeline's accept checks; other empty R fields
@@ -51,6 +59,7 @@ Decisions (written down because nobody else will):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -75,7 +84,15 @@ from engine.validation.compiler import (
 )
 from engine.validation.formats import FORMATS, to_date
 from engine.validation.paths import GroupNode, parse_path
-from engine.validation.plan import FIELD_MEMO, FIELD_TEXT, SegmentPlan, build_plan, remember
+from engine.validation.plan import (
+    FIELD_MEMO,
+    FIELD_TEXT,
+    MEMO_TEXT,
+    SEGMENT_MEMO,
+    SegmentPlan,
+    build_plan,
+    remember,
+)
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
 INBOUND = ("Z22", "Z34", "Z44")
@@ -95,7 +112,9 @@ _NONE_FIELDS: frozenset[tuple[int, int]] = frozenset()
 SHAPE_CACHE_SIZE = 1024  # distinct (profile, segment-id sequence) structures kept
 # group statement keys hold whole segment texts (a path may stop at a segment); 6 such memos
 GROUP_TEXT = 2048
-Projection = tuple[tuple[int, int], ...]  # (segment index, field; 0 = whole segment) read
+# what a group statement reads, per segment: (segment index, fields), a field number n > 0
+# meaning field n, 0 the whole segment text, -1 whether any of its fields is valued
+Projection = tuple[tuple[int, tuple[int, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +217,15 @@ class _Shape(_State):
         self.members: dict[int, tuple[int, ...]] = {}
         self.groups: list[tuple[GroupNode, tuple[Statement, ...]]] = []
         self._walk(p.grammar, self.root)
-        # per group instance: (structure signature, per statement the fields it reads)
-        self.projections = tuple(self._projections(inst, sts) for inst, sts in self.groups)
+        # per group instance with statements: (instance, statements, structure signature,
+        # per statement the fields it reads, its segment indexes)
+        self.stated = tuple((inst, sts, *self._projections(inst, sts), self.indexes(inst))
+                            for inst, sts in self.groups if sts)
+        # (index, statement, field, expected value) of the SetID statements checked natively
+        self.natives = tuple(
+            (i, st, st.target_first, str(self.set_ids[rules.flavour].index(i) + 1))
+            for i, rules, _plan in self.checks for st in rules.statements
+            if st.check is None and st.kind == "SetID")
         # per ORDER instance: (RXA index, OBX indexes) for IZ-24
         self.vis_parts: dict[int, tuple[int | None, tuple[int, ...]]] = {}
         for inst, _sts in self.groups:
@@ -208,6 +234,7 @@ class _Shape(_State):
                                         tuple(j for j in idx if ids[j] == "OBX"))
         self.obx = tuple(i for i in self.order if ids[i] == "OBX")
         self.obx_restart = self._obx_restart()
+        self.obx_plain = tuple(str(n) for n in range(1, len(self.obx) + 1))  # 1, 2, 3...
         self.orders = tuple(
             tuple(self.indexes(it) for it in self.root.children.get(ch.position, [])
                   if isinstance(it, GroupNode))
@@ -261,17 +288,29 @@ class _Shape(_State):
                 at = tuple(pos for pos, _k in chain)
                 depth = len(at)
                 fields: set[int] = set()
-                whole = False
+                whole = present = False
                 for path in st.group_reads:
-                    if path[:depth] == at:
-                        if len(path) > depth:
-                            fields.add(path[depth])
+                    if path[:depth] == at and len(path) > depth:
+                        fields.add(path[depth])
+                    elif path[:depth] == at or at[:len(path)] == path:
+                        # the path stops at this segment or at a group holding it
+                        if path in st.group_presence:
+                            present = True
                         else:
                             whole = True
-                    elif at[:len(path)] == path:
-                        whole = True
-                reads.extend([(i, 0)] if whole else [(i, n) for n in sorted(fields)])
-            projections.append(tuple(reads))
+                if whole:
+                    reads.append((i, 0))
+                    continue
+                if present:
+                    reads.append((i, -1))
+                reads.extend((i, n) for n in sorted(fields))
+            # a statement reading two fields or fewer costs about what its memo key would,
+            # and such keys (ORC-3 in IZ-45...) rarely repeat: evaluated directly
+            by_segment: dict[int, list[int]] = {}
+            for i, n in reads:
+                by_segment.setdefault(i, []).append(n)
+            projections.append(tuple((i, tuple(ns)) for i, ns in by_segment.items())
+                               if len(reads) > 2 else None)
         return signature, tuple(projections)
 
     def _obx_restart(self) -> tuple[str, ...]:
@@ -381,7 +420,8 @@ class _Run(_State):
 
     def __init__(self, v: Validator, p: CompiledProfile, message: Message, today: date | None,
                  shape: _Shape) -> None:
-        super().__init__(shape.ids, shape.seq)
+        # _State's attributes, taken from the shape (its __init__ would build them anew)
+        self.ids, self.seq = shape.ids, shape.seq
         self.v, self.p, self.today, self.shape = v, p, today, shape
         self.segs = message.segments
         self.found = list(shape.found_t)
@@ -392,18 +432,21 @@ class _Run(_State):
         self.r_empty: dict[int, int] = {}  # segment index -> first empty R field
         # segment index -> failing statements (plan.verdict); None: evaluate them here
         self.failing: dict[int, tuple[int, ...]] | None = None
+        self.vis_due: dict[int, bool] = {}  # RXA index -> IZ-24 applies (see _rxa)
 
     # -- fields --------------------------------------------------------------------------
     def fields(self) -> None:
         segs = self.segs
-        if segs[0].delimiters != DEFAULT_DELIMITERS:
+        d = segs[0].delimiters
+        if d is not DEFAULT_DELIMITERS and d != DEFAULT_DELIMITERS:
             for i, rules, _plan in self.shape.checks:
                 self._segment(i, rules)
             return
         failing = self.failing = {}
         for i, rules, plan in self.shape.checks:
             seg = segs[i]
-            clean, bad = plan.verdict(seg.raw, seg.fields)
+            got = plan.memo.get(seg.raw)  # plan.verdict's first step, inlined
+            clean, bad = got if got is not None else plan.verdict(seg.raw, seg.fields)
             if bad:
                 failing[i] = bad
             if not clean:
@@ -597,6 +640,14 @@ class _Run(_State):
     def statements(self) -> None:
         segs, dropped = self.segs, self.dropped
         failing = self.failing
+        if failing is not None and not failing:
+            # clean so far: only the SetID statements are left (the shape lists them)
+            leaf = self.leaf
+            for i, st, fld, want in self.shape.natives:
+                if leaf(segs[i], fld) not in ("", want):
+                    self._statement_issue(i, st, fld)
+            self._groups()
+            return
         if failing is not None:
             # the plans already evaluated every checked statement (memoised per segment text)
             for i, rules, plan in self.shape.checks:
@@ -636,11 +687,8 @@ class _Run(_State):
     def _groups(self) -> None:
         dropped, segs = self.dropped, self.segs
         memos = self.v.group_memos if self.failing is not None else None
-        for (inst, sts), (signature, projections) in zip(self.shape.groups,
-                                                          self.shape.projections, strict=True):
-            if not sts:
-                continue
-            lost = not dropped.isdisjoint(self.shape.indexes(inst))
+        for inst, sts, signature, projections, members in self.shape.stated:
+            lost = not dropped.isdisjoint(members)
             for st, projection in zip(sts, projections, strict=True):
                 if st.check is None or lost:
                     if st.kind == "IMPLY" and st.id == "IZ-24":
@@ -651,8 +699,14 @@ class _Run(_State):
                 else:
                     # default delimiters: the result is a pure function of the structure and
                     # the texts read (see _Shape._projections), remembered per statement
-                    texts = tuple([segs[i].raw if n == 0 else _field(segs[i].fields, n)
-                                   for i, n in projection])
+                    read: list[str] = []
+                    for i, ns in projection:
+                        seg = segs[i]
+                        f = seg.fields
+                        count = len(f)
+                        for n in ns:
+                            read.append((f[n] if n < count else "") if n > 0 else _read(seg, n))
+                    texts = tuple(read)
                     key = (signature, texts)
                     memo = memos[id(st)]
                     got = memo.get(key)
@@ -686,31 +740,19 @@ class _Run(_State):
         rxa, obx = self.shape.vis_parts[id(inst)]
         if rxa is None or rxa in self.dropped:
             return
-        if self.failing is None:  # other delimiters: no memo
-            if self._vis_missing(rxa, obx):
-                self._vis_issue(rxa)
+        due = self.vis_due.get(rxa)  # business._rxa's memo answered it for most doses
+        if not (self._vis_due(self.segs[rxa]) if due is None else due):
             return
-        # a pure function of RXA-5/9/20 and the OBX-3 texts (default delimiters)
-        f = self.segs[rxa].fields
-        key = (_field(f, 5), _field(f, 9), _field(f, 20),
-               *[_field(self.segs[j].fields, 3) for j in obx])
-        memo = self.v.vis_memo
-        missing = memo.get(key)
-        if missing is None:
-            missing = self._vis_missing(rxa, obx)
-            if sum(map(len, key)) <= FIELD_TEXT:
-                remember(memo, key, missing, FIELD_MEMO)
-        if missing:
+        obs = {self.obx(j)[1] for j in obx}
+        if not ("29769-7" in obs and ("69764-9" in obs or {"30956-7", "29768-9"} <= obs)):
             self._vis_issue(rxa)
 
-    def _vis_missing(self, rxa: int, obx: tuple[int, ...]) -> bool:
-        s = self.segs[rxa]
-        if not (s.value(20) in ("CP", "PA") and s.value(9) == "00"):
-            return False
-        if s.value(5) not in self.v.tables.sets.get("PHVS_VISVaccines_IIS", frozenset()):
-            return False
-        obs = {self.segs[j].value(3) for j in obx}
-        return not ("29769-7" in obs and ("69764-9" in obs or {"30956-7", "29768-9"} <= obs))
+    def _vis_due(self, s: Segment) -> bool:
+        """IZ-24's condition: RXA `s` is an administered (RXA-20 CP/PA, RXA-9 00) dose of a
+        vaccine with a VIS (a pure function of RXA-5/9/20)."""
+        leaf = self.leaf
+        return (leaf(s, 20) in ("CP", "PA") and leaf(s, 9) == "00"
+                and leaf(s, 5) in self.v.vis_vaccines)
 
     def _vis_issue(self, rxa: int) -> None:
         self.add(rxa, 10**5, APPLICATION_ERROR, W, self.loc(rxa, 5),
@@ -723,8 +765,8 @@ class _Run(_State):
         obx = self.shape.obx
         if not obx:
             return
-        ids = [self.leaf(self.segs[i], 1) for i in obx]
-        if all(got == str(n) for n, got in enumerate(ids, start=1)):
+        ids = tuple([self.obx(i)[0] for i in obx])
+        if ids == self.shape.obx_plain:
             return
         for i, got, want in zip(obx, ids, self.shape.obx_restart, strict=True):
             if got and got != want:
@@ -779,7 +821,7 @@ class _Run(_State):
         if (i, 5) in self.emptied:
             return
         if self.failing is None:  # other delimiters: no memo
-            cvx, status, mvx, ndc = self._rxa_codes(s)
+            cvx, status, mvx, ndc, vis = self._rxa_codes(s)
         else:
             # a pure function of RXA-5/9/17/20 (default delimiters); doses repeat codes
             f = s.fields
@@ -790,7 +832,8 @@ class _Run(_State):
                 got = self._rxa_codes(s)
                 if sum(map(len, key)) <= FIELD_TEXT:
                     remember(memo, key, got, FIELD_MEMO)
-            cvx, status, mvx, ndc = got
+            cvx, status, mvx, ndc, vis = got
+        self.vis_due[i] = vis
         if status:
             self.add(i, 5, APPLICATION_ERROR, E, self.loc(i, 5, 1, 1),
                      f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
@@ -808,46 +851,67 @@ class _Run(_State):
                          f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
                          ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
 
-    def _rxa_codes(self, s: Segment) -> tuple[str, str, str, str]:
-        """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker, NDC).
+    def _rxa_codes(self, s: Segment) -> tuple[str, str, str, str, bool]:
+        """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker, NDC,
+        whether IZ-24 wants a VIS set: see `_vis_due`).
 
         The NDC is returned (with the MVX) only when RXA-5 is an NDC whose CDC maker is known
         and RXA-17 names another company; then the CVX/MVX test is not made (the NDC names
         the product's maker; the CVX only a set of possible makers).
         """
         tables = self.v.tables
+        vis = self._vis_due(s)
         code, system = s.value(5, 1), s.value(5, 3)
         cvx = tables.ndc.get(code, "") if system == "NDC" or code in tables.ndc else code
         administered = s.value(9) == "00" and s.value(20) in ("", "CP", "PA")
         status = tables.cvx.get(cvx, {}).get("status", "")
         if administered and status in ("Non-US", "Never Active"):
-            return cvx, status, "", ""
+            return cvx, status, "", "", vis
         mvx = s.value(17, 1)
         if not mvx:
-            return cvx, "", "", ""
+            return cvx, "", "", "", vis
         maker = tables.ndc_mvx.get(code)
         if maker is not None:
-            return (cvx, "", "", "") if mvx in maker[1] else (cvx, "", mvx, code)
+            return (cvx, "", "", "", vis) if mvx in maker[1] else (cvx, "", mvx, code, vis)
         allowed = tables.cvx_mvx.get(cvx)
-        return cvx, "", mvx if allowed and mvx not in allowed else "", ""
+        return cvx, "", mvx if allowed and mvx not in allowed else "", "", vis
 
     def leaf(self, s: Segment, n: int) -> str:
         """`s.value(n)`: quicker with default delimiters and no escape or repetition."""
         if self.failing is None:
             return s.value(n)
         f = s.fields
-        raw = f[n] if n < len(f) else ""
+        if n >= len(f):
+            return ""
+        raw = f[n]
         if "\\" in raw or "~" in raw or (n <= 2 and s.id == "MSH"):
             return s.value(n)
-        return raw.split("^", 1)[0].split("&", 1)[0]
+        if "^" in raw:
+            raw = raw[:raw.index("^")]
+        return raw[:raw.index("&")] if "&" in raw else raw
+
+    def obx(self, j: int) -> tuple[str, str, str]:
+        """OBX-1, OBX-3 and OBX-4 values (`leaf`) of OBX segment `j`, remembered per segment
+        text (default delimiters): funding and VIS OBX segments repeat verbatim."""
+        s = self.segs[j]
+        if self.failing is None:
+            return s.value(1), s.value(3), s.value(4)
+        memo = self.v.obx_memo
+        got = memo.get(s.raw)
+        if got is None:
+            got = (self.leaf(s, 1), self.leaf(s, 3), self.leaf(s, 4))
+            if len(s.raw) <= MEMO_TEXT:
+                remember(memo, s.raw, got, SEGMENT_MEMO)
+        return got
 
     def _obx_subids(self, order: GroupNode) -> None:
         seen: dict[tuple[str, str], int] = {}
+        ids = self.ids
         for j in self.shape.indexes(order):
-            s = self.segs[j]
-            if s.id != "OBX" or j in self.dropped:
+            if ids[j] != "OBX" or j in self.dropped:
                 continue
-            key = (self.leaf(s, 3), self.leaf(s, 4))
+            _n, obs, sub = self.obx(j)
+            key = (obs, sub)
             if key[0] and key[1] and key in seen:
                 self.add(j, 4, APPLICATION_ERROR, W, self.loc(j, 4),
                          f"OBX-4 sub-id '{_code(key[1])}' repeats observation "
@@ -884,8 +948,8 @@ class _Run(_State):
                     self.rejected = True
 
     def result(self) -> ValidationResult:
-        if not self.found and not self.dropped and not self.emptied:
-            return ValidationResult(self.p.id, (), self.rejected, _NONE, _NONE_FIELDS)
+        if not self.found and not self.dropped and not self.emptied and not self.rejected:
+            return self.v.clean[self.p.id]
         overrides = self.v.overrides
         issues = []
         for _key, issue in sorted(self.found, key=lambda kv: kv[0]):
@@ -922,6 +986,20 @@ def _field(fields: list[str], n: int) -> str:
     return fields[n] if n < len(fields) else ""
 
 
+def _read(seg: Segment, n: int) -> str:
+    """What a group statement reads of a segment (`_Shape._projections`): field `n`, the
+    whole text (0) or whether any field is valued (-1)."""
+    if n > 0:
+        f = seg.fields
+        return f[n] if n < len(f) else ""
+    if n == 0:
+        return seg.raw
+    if seg.id == "MSH" or seg.delimiters.field != "|":
+        return "1" if any(seg.fields[1:]) else ""
+    raw = seg.raw  # a field is valued when anything but separators follows the id
+    return "1" if raw.count("|") < len(raw) - 3 else ""
+
+
 def _code(value: str) -> str:
     """A code as quoted in an ERR text: short and printable (codes are not PHI; text could be)."""
     cleaned = "".join(ch for ch in value if ch.isprintable())
@@ -947,21 +1025,27 @@ class Validator:
                 if g.group:
                     self.heads[id(g)] = _heads(g)
                 stack.extend(c for c in g.children if c.group)
+        shared: dict[str, tuple[re.Pattern[str], dict[str, bool]]] = {}  # see build_plan
         self.plans: dict[str, dict[str, SegmentPlan]] = {
-            pid: {flavour: build_plan(rules, p.datatypes, p.datatype_statements)
+            pid: {flavour: build_plan(rules, p.datatypes, p.datatype_statements, shared)
                   for flavour, rules in p.segments.items()}
             for pid, p in self.profiles.items()}
         self._shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
+        # the result of a message without findings (immutable: shared)
+        self.clean = {pid: ValidationResult(pid, (), False, _NONE, _NONE_FIELDS)
+                      for pid in self.profiles}
         # group statement results per (structure, texts read), one bounded memo per statement
         # (keyed by id: the statements live as long as the validator)
         self.group_memos: dict[int, dict[tuple[str, tuple[str, ...]], bool]] = {
             id(st): {} for p in self.profiles.values()
             for sts in p.group_statements.values() for st in sts}
-        self.vis_memo: dict[tuple[str, ...], bool] = {}  # IZ-24 per RXA-5/9/20 + OBX-3 texts
-        self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str, str]] = {}  # business, RXA codes
+        self.vis_vaccines = tables.sets.get("PHVS_VISVaccines_IIS", frozenset())  # IZ-24
+        # business: RXA codes (and IZ-24's condition) per RXA-5/9/17/20 texts
+        self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str, str, bool]] = {}
+        self.obx_memo: dict[str, tuple[str, str, str]] = {}  # OBX-1/3/4 values per OBX text
 
     def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
-        key = (p.id, tuple(seg.id for seg in message.segments))
+        key = (p.id, tuple([seg.id for seg in message.segments]))
         shape = self._shapes.get(key)
         if shape is None:
             shape = _Shape(self, p, key[1])
@@ -988,9 +1072,9 @@ class Validator:
     def pick_profile(self, message: Message) -> str:
         msh = message.msh
         mtype = msh.value(9, 1)
-        declared = {msh.value(21, 1, 1, r) for r in range(1, len(msh.repetitions(21)) + 1)}
         if mtype == "VXU":
             return "Z22"
+        declared = {msh.value(21, 1, 1, r) for r in range(1, len(msh.repetitions(21)) + 1)}
         if mtype == "QBP":
             for pid in ("Z44", "Z34"):
                 if pid in declared:

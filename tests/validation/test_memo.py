@@ -1,10 +1,12 @@
 """The validator's memos never change a result: cold, warm and shuffled runs agree.
 
-The fast path remembers pure checks per segment / field / group text (plan.SegmentPlan.verdict,
-the group-statement, IZ-24, RXA-code and date memos). A wrong key (a statement reading a field
-the key leaves out, two structures with one signature...) would make a result depend on what
-was validated before; these tests validate the same batch in different orders and on fresh
-and warm validators, and require identical results.
+The fast path remembers pure checks per segment / field / component / group text
+(plan.SegmentPlan.verdict and its field, composite, statement-group and outcome memos; the
+group-statement, RXA-code, OBX and date memos). A wrong key (a statement or predicate reading
+a field the key leaves out, two structures with one signature...) would make a result depend
+on what was validated before; these tests validate the same batch in different orders and on
+fresh and warm validators, and require identical results, and check that whatever the plans
+call clean passes the full field-by-field check.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from bench.vxu import make_messages
 from engine.errors import Issue
 from engine.hl7.er7 import parse
+from engine.hl7.escape import DEFAULT_DELIMITERS
 from engine.validation import ValidationResult, Validator
 from engine.validation import plan as plan_module
 from engine.validation import validator as validator_module
@@ -86,6 +89,7 @@ def test_results_survive_memo_clearing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plan_module, "SEGMENT_MEMO", 2)
     monkeypatch.setattr(plan_module, "FIELD_MEMO", 2)
     monkeypatch.setattr(validator_module, "FIELD_MEMO", 2)
+    monkeypatch.setattr(validator_module, "SEGMENT_MEMO", 2)
     v = Validator.load()
     assert _run(v, texts, order) == expected
     assert _run(v, texts, order[::-1]) == expected
@@ -98,9 +102,60 @@ def test_memos_stay_bounded() -> None:
     for plans in v.plans.values():
         for p in plans.values():
             assert len(p.memo) <= plan_module.SEGMENT_MEMO
-            for _n, _check, known in p.coded:
+            assert len(p.outcomes) <= plan_module.FIELD_MEMO
+            for _n, _pattern, _check, known, _required in p.fields:
                 assert len(known) <= plan_module.FIELD_MEMO
-            for _reads, _pick, fails, _sts in p.statements:
+            for _reads, _pick, fails, _sts, _conds in p.statements:
                 assert len(fails) <= plan_module.FIELD_MEMO
     for memo in v.group_memos.values():
         assert len(memo) <= plan_module.FIELD_MEMO
+    assert len(v.rxa_memo) <= plan_module.FIELD_MEMO
+    assert len(v.obx_memo) <= plan_module.SEGMENT_MEMO
+
+
+def test_plan_clean_means_the_full_check_finds_nothing() -> None:
+    """The plans are a conservative filter: a segment they call clean (per-field patterns,
+    coded tests, conditional fields, all memoised) must pass the field-by-field check."""
+    v = Validator.load()
+    texts = _batch()
+    seen_clean = seen_dirty = 0
+    for text in texts + texts:  # the second pass answers from warm memos
+        message = parse(text)
+        pid = v.pick_profile(message)
+        if pid not in ("Z22", "Z34", "Z44") or message.delimiters != DEFAULT_DELIMITERS:
+            continue
+        p = v.profiles[pid]
+        shape = v._shape(p, message)
+        for i, rules, plan in shape.checks:
+            seg = message.segments[i]
+            clean, _bad = plan.verdict(seg.raw, seg.fields)
+            run = validator_module._Run(v, p, message, TODAY, shape)
+            before = len(run.found)
+            run._segment(i, rules)
+            full_clean = len(run.found) == before and not run.emptied and not run.r_empty
+            if clean:
+                seen_clean += 1
+                assert full_clean, (text, i)
+            else:
+                seen_dirty += 1
+    assert seen_clean and seen_dirty
+
+
+def test_component_memo_keys_keep_what_the_tests_read() -> None:
+    """Composite tests are remembered per the components they read (EI/HD: namespace, OID,
+    type, and whether the conditional ones are valued): variants that differ only there must
+    get their own answers, in any order."""
+    orc3 = ("X1^EHR", "X2^EHR", "X3^^2.16.840.1.113883.1^ISO", "X4^^2.16.840.1.113883.1",
+            "X5^^not-an-oid^ISO", "X6^EHR^2.16.840.1.113883.1^ISO", "X7", "^EHR", "X8^^^ISO",
+            "X9^EHR&x", "X10^^2.16.840.1.113883.1^L", "&&^EHR", "X11^EHR~X12^EHR")
+    msh4 = ("ORG1", "ORG2^2.16.840.1.113883.1^ISO", "^2.16.840.1.113883.1^ISO", "^bad^ISO",
+            "ORG3^^ISO", "^2.16.840.1.113883.1", "ORG4^2.16.840.1.113883.1^L")
+    texts = [edit(BASE_VXU, ("ORC", 3, v)) for v in orc3]
+    texts += [edit(BASE_VXU, ("MSH", 4, v)) for v in msh4]
+    texts += [edit(BASE_VXU, ("ORC", 3, a), ("MSH", 4, b)) for a in orc3[:4] for b in msh4[:3]]
+    cold = [_key(Validator.load().validate(parse(t), TODAY)) for t in texts]
+    v = Validator.load()
+    order = list(range(len(texts)))
+    assert _run(v, texts, order) == cold
+    assert _run(v, texts, order[::-1]) == cold
+    assert len(set(map(str, cold))) > 3  # the variants do differ
