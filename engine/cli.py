@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="engine processes sharing the MLLP port (server.workers)")
     # Internal: how the supervisor (engine.workers) starts a worker process.
     s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--worker-port", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
     snd = sub.add_parser("send", help="replay message files/folders over MLLP")
@@ -201,9 +202,10 @@ async def _retention(repository: Any, days: int) -> None:
 
 
 async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
-                 worker_index: int = 0) -> int:
+                 worker_index: int = 0, worker_port: int = 0) -> int:
     """One engine process: MLLP + pipeline + store; with `worker_fd`, a worker of
-    `engine.workers.Supervisor` accepting on the inherited socket (no HTTP side of its own)."""
+    `engine.workers.Supervisor` taking the connections it hands over on that channel (no
+    HTTP side of its own)."""
     from engine.handlers import build_handlers
     from engine.http import HttpServer
     from engine.server import MllpServer
@@ -220,7 +222,8 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
     pipeline = make_pipeline(cfg, metrics, handlers=bundle.handlers, journal=bundle.journal)
     frames = AsyncPipeline(pipeline, threads=bundle.executor_threads)
     sock = socket.socket(fileno=worker_fd) if worker_fd is not None else None
-    server = MllpServer(cfg.server, frames, metrics, sock=sock)
+    server = MllpServer(cfg.server, frames, metrics,
+                        handoff=(sock, worker_port) if sock is not None else None)
     probe = _StoreProbe(bundle.writer.engine)
     http = (HttpServer(cfg.http, metrics.registry,
                        ready=lambda: probe.ok and not server.closing) if sock is None
@@ -274,6 +277,11 @@ async def _supervise(cfg: config_mod.Config, worker_args: Sequence[str]) -> int:
 
     log = obs_logging.get_logger("engine.cli")
     if is_sqlite(cfg.database.url):
+        # Measured (bench/vxu.py --workers 1,2): two processes writing one SQLite file were
+        # slower than one (0.77x vs 0.90x of the echo server, p99 187 ms) — SQLite's lock
+        # between processes is a sleep-and-retry back-off. Allowed, but said out loud.
+        log.warning("workers.sqlite_contention", workers=cfg.server.workers,
+                    advice="use one worker with SQLite; several pay off with PostgreSQL")
         try:  # once, before several processes open the file
             upgrade(cfg.database.url)
         except Exception as exc:
@@ -340,7 +348,7 @@ def cmd_serve(args: argparse.Namespace, err: TextIO) -> int:
 
     install_event_loop_policy()
     if args.worker_fd is not None:
-        return asyncio.run(_serve(cfg, args.worker_fd, args.worker_index))
+        return asyncio.run(_serve(cfg, args.worker_fd, args.worker_index, args.worker_port))
     if cfg.server.workers > 1:
         worker_args = [*(("--config", str(args.config)) if args.config else ()),
                        *(("--database-url", args.database_url) if args.database_url else ()),

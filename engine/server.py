@@ -464,13 +464,16 @@ class MllpServer:
     """MLLP listener: `start`, then `serve_forever` (until a signal) or `shutdown`."""
 
     def __init__(self, config: ServerConfig, handler: FrameHandler, metrics: Metrics, *,
-                 sock: socket.socket | None = None) -> None:
-        """`sock`: an already listening socket to accept from instead of binding
-        host:port (an engine worker process sharing its supervisor's socket)."""
+                 handoff: tuple[socket.socket, int] | None = None) -> None:
+        """`handoff`: (channel, port) — instead of binding host:port, take connections that
+        the supervisor accepted on `port` and passes over the Unix socket `channel`
+        (an engine worker process, `engine.workers`)."""
         self.config = config
         self.handler = handler
         self.metrics = metrics
-        self._sock = sock
+        self._handoff = handoff
+        self._ssl: ssl.SSLContext | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -497,6 +500,8 @@ class MllpServer:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
+        if self._handoff is not None:
+            return self._handoff[1]
         for sock in self.sockets:
             return int(sock.getsockname()[1])
         raise RuntimeError("MllpServer is not listening")
@@ -509,23 +514,60 @@ class MllpServer:
         """Bind and start accepting connections."""
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        ssl_ctx = build_ssl_context(self.config.tls)
-        handshake = min(self.config.frame_timeout_s, 60.0) if ssl_ctx else None
-        if self._sock is not None:
-            self._server = await self._loop.create_server(
-                lambda: _Connection(self), sock=self._sock, ssl=ssl_ctx,
-                ssl_handshake_timeout=handshake)
+        ssl_ctx = self._ssl = build_ssl_context(self.config.tls)
+        if self._handoff is not None:
+            channel = self._handoff[0]
+            channel.setblocking(False)
+            self._loop.add_reader(channel.fileno(), self._take_handoff)
         else:
             self._server = await self._loop.create_server(
                 lambda: _Connection(self), self.config.host, self.config.port,
-                ssl=ssl_ctx, backlog=listen_backlog(self.config), ssl_handshake_timeout=handshake)
+                ssl=ssl_ctx, backlog=listen_backlog(self.config),
+                ssl_handshake_timeout=self._handshake_timeout())
         _log.info("mllp_listening", host=self.config.host, port=self.port,
                   tls=ssl_ctx is not None,
                   mutual_tls=ssl_ctx is not None and ssl_ctx.verify_mode == ssl.CERT_REQUIRED)
 
+    def _handshake_timeout(self) -> float | None:
+        return min(self.config.frame_timeout_s, 60.0) if self._ssl else None
+
+    def _take_handoff(self) -> None:
+        """Connections the supervisor passed over the channel (SCM_RIGHTS), as if accepted."""
+        assert self._handoff is not None
+        channel = self._handoff[0]
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(channel, 64, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data and not fds:  # the supervisor is gone: no more connections will come
+            self.loop.remove_reader(channel.fileno())
+            return
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            if self._closing:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self.loop.create_task(self._adopt(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: _Connection(self), conn, ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake_timeout())
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            # what a listening server would do with a failed handshake: drop it, count it
+            self.metrics.connections.labels(outcome="handshake_failed").inc()
+            _log.info("connection_failed", error=type(exc).__name__)
+            conn.close()
+
     async def serve_forever(self, handle_signals: bool = True) -> None:
         """Serve until `shutdown` completes; SIGTERM/SIGINT trigger a graceful shutdown."""
-        if self._server is None:
+        if self._loop is None:
             await self.start()
         assert self._stopped is not None
         installed: list[signal.Signals] = []
@@ -555,6 +597,9 @@ class MllpServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        if self._handoff is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._handoff[0].fileno())
         for conn in list(self._connections):
             conn.begin_shutdown()
         deadline = time.monotonic() + self.config.shutdown_grace_s

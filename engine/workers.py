@@ -5,13 +5,16 @@ Why: CPython runs one thread of Python at a time per process, and VXU intake is 
 at one core however many pipeline threads it has. `bench/vxu.py --workers N` measures what more
 processes buy on the machine at hand.
 
-How: this process, the supervisor, binds the MLLP socket once and starts N worker processes
-(`iz-engine serve --worker-fd FD ...`, the same configuration) that inherit the listening
-socket and each accept from it: the kernel hands a new connection to whichever worker takes
-it first, and an idle worker is the quickest to do so. A connection stays with its worker for
-its whole life, so per-connection ordering is unchanged. Nothing else is shared in memory:
-every invariant across messages (one log row per (sender, MSH-10), patient and event keys)
-already lives in the database's unique constraints and locks, which is what makes workers safe.
+How: this process, the supervisor, binds the MLLP socket and starts N worker processes
+(`iz-engine serve --worker-fd FD ...`, the same configuration). The supervisor accepts each
+connection itself and passes the connected socket to the next ready worker in turn over a
+Unix socket pair (SCM_RIGHTS); the worker adopts it as if it had accepted it (TLS handshake
+included). Round robin, because letting the workers accept from one shared socket was measured
+to hand a burst of new connections — 8 EHR interfaces reconnecting at once — to whichever
+worker woke first, leaving the others idle. A connection stays with its worker for its whole
+life, so per-connection ordering is unchanged. Nothing else is shared in memory: every
+invariant across messages (one log row per (sender, MSH-10), patient and event keys) already
+lives in the database's unique constraints and locks, which is what makes workers safe.
 
 The supervisor also
 - upgrades an embedded SQLite schema once before any worker opens it (workers then find it
@@ -62,6 +65,7 @@ KILL_MARGIN_S = 5.0
 class _Worker:
     index: int
     process: asyncio.subprocess.Process | None = None
+    channel: socket.socket | None = None  # our end of the hand-off socket pair
     ready: bool = False
     started_at: float = 0.0
     restarts: int = 0
@@ -80,6 +84,8 @@ class Supervisor:
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
         self.sock: socket.socket | None = None
+        self._next = 0
+        self._acceptor: asyncio.Task[None] | None = None
         self._stopping = False
         self._failed: str | None = None
         self._changed = asyncio.Event()
@@ -98,7 +104,7 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         self.sock = socket.create_server((cfg.host, cfg.port), family=family,
                                          backlog=listen_backlog(cfg))
-        self.sock.set_inheritable(True)
+        self.sock.setblocking(False)
 
     async def start(self) -> None:
         """Start every worker and wait until all are ready; raises RuntimeError if one fails."""
@@ -116,6 +122,36 @@ class Supervisor:
                 await asyncio.wait_for(self._changed.wait(), left)
         if self._failed is not None:
             raise RuntimeError(self._failed)
+        self._acceptor = asyncio.ensure_future(self._accept())
+
+    async def _accept(self) -> None:
+        """Accept connections and hand each to the next ready worker (round robin)."""
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(self.sock)
+            except OSError as exc:  # e.g. out of descriptors: back off, keep serving
+                log.warning("worker.accept_failed", error=type(exc).__name__)
+                await asyncio.sleep(0.1)
+                continue
+            with conn:
+                self._hand_over(conn)
+
+    def _hand_over(self, conn: socket.socket) -> None:
+        count = len(self.workers)
+        for step in range(count):
+            worker = self.workers[(self._next + step) % count]
+            if not worker.ready or worker.channel is None:
+                continue
+            try:
+                socket.send_fds(worker.channel, [b"c"], [conn.fileno()])
+            except OSError:
+                continue  # that worker is going away; try the next
+            self._next = (self._next + step + 1) % count
+            return
+        # No worker can take it (all restarting): closing makes the sender retry.
+        log.warning("worker.connection_dropped", reason="no_ready_worker")
 
     async def run_until(self, stop: asyncio.Event) -> str | None:
         """Supervise until `stop` is set or a worker cannot be (re)started; the failure."""
@@ -129,16 +165,23 @@ class Supervisor:
         return self._failed
 
     async def _spawn(self, worker: _Worker) -> None:
-        assert self.sock is not None
-        fd = self.sock.fileno()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if worker.channel is not None:
+            worker.channel.close()
+        worker.channel = ours
+        fd = theirs.fileno()
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         args = [sys.executable, "-m", "engine", "serve", *self.worker_args,
-                "--worker-fd", str(fd), "--worker-index", str(worker.index)]
+                "--worker-fd", str(fd), "--worker-port", str(self.port),
+                "--worker-index", str(worker.index)]
         worker.ready = False
         worker.started_at = time.monotonic()
-        worker.process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            pass_fds=(fd,), env=env)
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                pass_fds=(fd,), env=env)
+        finally:
+            theirs.close()  # the worker holds its end now
         worker.waiter = asyncio.ensure_future(self._watch(worker, worker.process))
         log.info("worker.started", worker=worker.index, pid=worker.process.pid)
 
@@ -171,6 +214,12 @@ class Supervisor:
     async def shutdown(self) -> None:
         """SIGTERM every worker, wait out their grace period, kill stragglers, clean up."""
         self._stopping = True
+        if self._acceptor is not None:  # no new connections from here on
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+        if self.sock is not None:
+            self.sock.close()
         running = [w.process for w in self.workers
                    if w.process is not None and w.process.returncode is None]
         for process in running:
@@ -191,6 +240,7 @@ class Supervisor:
             if worker.waiter is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(worker.waiter, timeout=5)
-        if self.sock is not None:
-            self.sock.close()
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.close()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.store.wire import Served, exchange, free_port, msa, start_serve, vxu
+from tests.store.wire import EB, SB, Served, exchange, free_port, msa, start_serve, vxu
 
 
 @pytest.fixture
@@ -51,6 +52,38 @@ def test_messages_on_many_connections_are_each_stored_once(served: Served) -> No
     assert served.count("immunization_event") == 60
     # /metrics on the supervisor sums what both workers counted
     assert served.metric_total("iz_messages_total") == 60
+
+
+def _mllp_connections(pid: int, port: int) -> int:
+    """TCP connections of process `pid` whose local port is `port` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] != "0A":  # not LISTEN
+                inodes.add(cols[9])
+    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+
+
+@pytest.mark.timeout(180)
+def test_connections_are_dealt_to_the_workers_in_turn(served: Served) -> None:
+    """A burst of new connections is spread evenly, not left to whichever worker woke first."""
+    workers = served.workers()
+    conns = [socket.create_connection(("127.0.0.1", served.port), timeout=30)
+             for _ in range(4)]
+    try:
+        for n, conn in enumerate(conns):  # one round trip each: every connection is adopted
+            conn.sendall(SB + vxu(500 + n, f"DEAL-{n}") + EB)
+            buf = b""
+            while not buf.endswith(EB):
+                buf += conn.recv(65536)
+            assert msa(buf[1:-2]) == "AA"
+        assert {pid: _mllp_connections(pid, served.port) for pid in workers} == dict.fromkeys(
+            workers, 2)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 @pytest.mark.timeout(180)
