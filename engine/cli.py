@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     snd.add_argument("paths", nargs="+", type=Path)
     snd.add_argument("--concurrency", type=int, default=1)
     snd.add_argument("--json", action="store_true")
+    snd.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    snd.add_argument("--tls-ca", default="", help="CA file to verify the server (implies --tls)")
+    snd.add_argument("--tls-cert", default="",
+                     help="client certificate for mutual TLS (implies --tls)")
+    snd.add_argument("--tls-key", default="", help="the client certificate's key")
 
     v = sub.add_parser("validate", help="check messages offline and print the response")
     v.add_argument("paths", nargs="+", type=Path)
@@ -358,13 +364,21 @@ def cmd_serve(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from engine.client import send_paths
+    from engine.client import send_paths, tls_context
 
     if args.concurrency < 1:
         print("send: --concurrency must be at least 1", file=err)
         return 2
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        try:
+            tls = tls_context(args.tls_ca, args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"send: cannot load the TLS files ({type(exc).__name__}: "
+                  f"{getattr(exc, 'strerror', None) or exc})", file=err)
+            return 2
     return asyncio.run(send_paths(args.target, list(args.paths), args.concurrency, args.json,
-                                  out, progress=err.isatty() and not args.json))
+                                  out, progress=err.isatty() and not args.json, tls=tls))
 
 
 MESSAGE_SUFFIXES = frozenset({".hl7", ".er7", ".txt", ".msg", ""})

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import sys
 import time
 from collections import Counter
@@ -220,9 +221,11 @@ class _Connection:
         self._pending: list[bytes] = []
 
     @classmethod
-    async def open(cls, host: str, port: int) -> _Connection:
+    async def open(cls, host: str, port: int, tls: ssl.SSLContext | None = None) -> _Connection:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(host, port, limit=1024 * 1024)
+            reader, writer = await asyncio.open_connection(
+                host, port, limit=1024 * 1024, ssl=tls,
+                server_hostname=host if tls is not None else None)
         return cls(reader, writer)
 
     async def exchange(self, payload: bytes, timeout: float) -> bytes:
@@ -255,8 +258,9 @@ class _Run:
     """Shared state of one `send` run: work queue, results in order, progress."""
 
     def __init__(self, groups: list[list[Outgoing]], out: TextIO, err: TextIO, as_json: bool,
-                 progress: bool, timeout: float) -> None:
+                 progress: bool, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.err = err
+        self.tls = tls
         self.groups: Iterator[list[Outgoing]] = iter(groups)
         self.total = sum(len(g) for g in groups)
         self.order = [m for g in groups for m in g]
@@ -284,7 +288,7 @@ class _Run:
         started = time.perf_counter()
         try:
             if conn is None:
-                conn = await _Connection.open(host, port)
+                conn = await _Connection.open(host, port, self.tls)
             response = await conn.exchange(outgoing.payload, self.timeout)
         except (OSError, TimeoutError) as exc:
             result.error = _describe(exc)
@@ -346,12 +350,22 @@ class _Run:
         return "; ".join(parts)
 
 
+def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """Client TLS: verify the server against `ca_file` (default: the system's CAs) and, for
+    mutual TLS, present `cert_file`/`key_file`."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None)
+    return ctx
+
+
 async def send_paths(target: str, paths: list[Path], concurrency: int, as_json: bool,
                      out: TextIO, progress: bool, timeout: float = DEFAULT_TIMEOUT_S,
-                     err: TextIO | None = None) -> int:
+                     err: TextIO | None = None, tls: ssl.SSLContext | None = None) -> int:
     """Send every message found under `paths` to `target`; print results; return exit status.
 
     Results go to `out`; warnings, progress and the summary to `err` (default stderr).
+    With `tls`, every connection is TLS (see `tls_context`).
     """
     err = err if err is not None else sys.stderr
     try:
@@ -360,13 +374,13 @@ async def send_paths(target: str, paths: list[Path], concurrency: int, as_json: 
         if not groups:
             raise SendError("no messages found")
         try:
-            first = await _Connection.open(host, port)
+            first = await _Connection.open(host, port, tls)
         except (OSError, TimeoutError) as exc:
             raise SendError(f"cannot connect to {target}: {_describe(exc)}") from None
     except SendError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    run = _Run(groups, out, err, as_json, progress, timeout)
+    run = _Run(groups, out, err, as_json, progress, timeout, tls)
     started = time.perf_counter()
     workers = max(1, min(concurrency, len(groups)))
     await asyncio.gather(run.worker(host, port, first),

@@ -7,6 +7,7 @@ shared memory, keep each message stored once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.cli import main
 from tests.store.wire import EB, SB, Served, exchange, free_port, msa, start_serve, vxu
 
 
@@ -137,3 +139,45 @@ def test_a_worker_that_cannot_start_stops_serve_with_status_2(tmp_path: Path) ->
             proc.kill()
     assert proc.returncode == 2
     assert b"while starting" in err
+
+
+@pytest.mark.timeout(180)
+def test_mutual_tls_connections_are_adopted_by_the_workers(
+        tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With TLS on, each worker does the handshake of the connections it is dealt; `send`
+    speaks TLS with a client certificate."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "server:\n  tls:\n"
+        f"    cert_file: {certs / 'server.pem'}\n    key_file: {certs / 'server.key'}\n"
+        f"    ca_file: {certs / 'ca.pem'}\n    require_client_cert: true\n"
+        "logging: {level: warning}\n", encoding="utf-8")
+    port, http_port = free_port(), free_port()
+    url = f"sqlite:///{tmp_path / 'registry.sqlite3'}"
+    proc = start_serve(url, "--config", str(config), "--workers", "2", "--port", str(port),
+                       "--http-port", str(http_port))
+    served = Served(port, http_port, proc, url)
+    try:
+        served.wait_ready()
+        for n in range(4):
+            (tmp_path / f"m{n}.hl7").write_bytes(vxu(700 + n, f"TLS-{n}"))
+        status = main(["send", f"127.0.0.1:{port}", *(str(tmp_path / f"m{n}.hl7")
+                                                      for n in range(4)),
+                       "--json", "--concurrency", "4", "--tls-ca", str(certs / "ca.pem"),
+                       "--tls-cert", str(certs / "client.pem"),
+                       "--tls-key", str(certs / "client.key")])
+        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert status == 0
+        assert sorted(r["msa"] for r in results) == ["AA"] * 4
+        assert served.count("message_log") == 4
+        # without a client certificate the handshake fails: nothing is answered or stored
+        assert main(["send", f"127.0.0.1:{port}", str(tmp_path / "m0.hl7"),
+                     "--tls-ca", str(certs / "ca.pem")]) != 0
+        assert served.count("message_log") == 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
