@@ -284,8 +284,10 @@ async def _supervise(cfg: config_mod.Config, worker_args: Sequence[str]) -> int:
     log = obs_logging.get_logger("engine.cli")
     if is_sqlite(cfg.database.url):
         # Measured (bench/vxu.py --workers 1,2): two processes writing one SQLite file were
-        # slower than one (0.77x vs 0.90x of the echo server, p99 187 ms) — SQLite's lock
-        # between processes is a sleep-and-retry back-off. Allowed, but said out loud.
+        # slower than one (0.77x vs 0.90x of the echo server, p99 187 ms). SQLite has one
+        # writer: two processes split the group-commit batches (twice the fsyncs per message)
+        # and meet in its sleep-and-retry busy handler; queueing them on a file lock instead
+        # was tried and was no better (0.71x). Allowed, but said out loud.
         log.warning("workers.sqlite_contention", workers=cfg.server.workers,
                     advice="use one worker with SQLite; several pay off with PostgreSQL")
         try:  # once, before several processes open the file
