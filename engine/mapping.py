@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import operator
 import re
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -63,13 +64,22 @@ class MappingError(ValueError):
 
 def hl7_date(text: str) -> date | None:
     """The date part of an HL7 DT/TS with at least day precision; None when absent/invalid."""
-    # str.isdecimal is exactly what the regex's \d matches (Unicode Nd), and int() reads it.
-    if len(text) < 8 or not text[:8].isdecimal():
+    # str.isdecimal is exactly what the regex's \d matches (Unicode Nd), and int() reads it;
+    # date.fromisoformat reads ASCII YYYYMMDD (ISO 8601 basic) the same way, faster.
+    day = text[:8]
+    if len(day) < 8:
         return None
     try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        if day.isascii() and day.isdigit():
+            return _fromisoformat(day)
+        if day.isdecimal():
+            return date(int(day[:4]), int(day[4:6]), int(day[6:8]))
     except ValueError:
-        return None
+        pass
+    return None
+
+
+_fromisoformat = date.fromisoformat
 
 
 def _int(text: str) -> int | None:
@@ -84,11 +94,12 @@ def _decimal(text: str) -> Decimal | None:
     return value if value is None or value.is_finite() else None
 
 
+_ACTIONS = {action.value: action for action in domain.Action}
+
+
 def _action(text: str) -> domain.Action:
-    try:
-        return domain.Action(text.strip().upper() or "A")
-    except ValueError:
-        return domain.Action.ADD  # unknown 0323 codes are the validator's to report
+    # Unknown 0323 codes read as ADD: they are the validator's to report.
+    return _ACTIONS.get(text.strip().upper() or "A", domain.Action.ADD)
 
 
 def _as_text(text: str) -> str:
@@ -130,6 +141,28 @@ _DEFAULT_SEPS: _Seps = (DEFAULT_DELIMITERS.repetition, DEFAULT_DELIMITERS.compon
 _CACHE_SIZE = 2048  # distinct texts remembered per composite type
 # Records that describe no patient, whose values repeat across patients: safe to remember.
 _SHARED_RECORDS = frozenset({domain.Coded, domain.Provider, domain.Site})
+
+
+def _constructor(record: type[Any]) -> Callable[..., Any]:
+    """`record(*values)` for a value per init attribute, about twice as fast.
+
+    A frozen dataclass's `__init__` sets each attribute through `object.__setattr__`, looked
+    up per attribute. For a slotted record without `__post_init__` whose attributes are all
+    init attributes, setting the slots directly gives the same record; any other record is
+    returned as is (its own constructor). Generated once per record type, at load.
+    """
+    names = _init_fields(record)
+    slots: list[Any] = [getattr(record, name, None) for name in names]
+    if (hasattr(record, "__post_init__") or len(names) != len(dataclasses.fields(record))
+            or not all(isinstance(slot, types.MemberDescriptorType) for slot in slots)):
+        return record
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": record}
+    namespace.update((f"set{i}", slot.__set__) for i, slot in enumerate(slots))
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    body = "".join(f"    set{i}(x, a{i})\n" for i in range(len(names)))
+    exec(f"def make({args}):\n    x = new(cls)\n{body}    return x\n", namespace)
+    make: Callable[..., Any] = namespace["make"]
+    return make
 
 
 class _View:
@@ -209,7 +242,8 @@ def _text_reader(field_no: int, comp: int, sub: int, whole: bool) -> _Text:
 class _Composite:
     """A `types` entry: builds its record from one repetition's raw text."""
 
-    __slots__ = ("_cache", "_fast", "_kwargs", "_pad", "_positions", "build", "empty", "record")
+    __slots__ = ("_fast", "_kwargs", "_make", "_pad", "_positions", "build", "build_new", "cache",
+                 "empty", "record", "shared")
 
     def __init__(self, record: type[Any], components: Sequence[tuple[str, int, int]],
                  where: str) -> None:
@@ -228,6 +262,9 @@ class _Composite:
             ordered = [name for name, _, _ in components]
             self._kwargs = tuple(ordered)
         self._positions = tuple(by_name[name] for name in ordered)
+        self._make: Callable[..., Any] = (
+            _constructor(record) if self._kwargs is None and len(ordered) == len(names)
+            else record)
         # Fast path (no subcomponent or escape character in the repetition): every leaf is a
         # whole component, or "" for a subcomponent past the first. Components are padded
         # with "" so that a missing one, and index -1, read as "".
@@ -241,12 +278,13 @@ class _Composite:
         # route, the administering nurse, the clinic): building their record once per distinct
         # text saves most of their cost. Records about the patient (names, addresses, phones,
         # identifiers) are never remembered, so no patient's details outlive the message.
-        self._cache: dict[str, Any] = {}
-        self.build: Callable[[str, _Seps], Any] = (
-            self._cached if record in _SHARED_RECORDS else self._build)
+        self.cache: dict[str, Any] = {}
+        self.shared = record in _SHARED_RECORDS
+        self.build_new: Callable[[str, _Seps], Any] = self._build
+        self.build: Callable[[str, _Seps], Any] = self._cached if self.shared else self._build
 
     def _cached(self, rep: str, seps: _Seps) -> Any:
-        cache = self._cache
+        cache = self.cache
         if seps is not _DEFAULT_SEPS:
             return self._build(rep, seps)
         found = cache.get(rep)
@@ -266,7 +304,7 @@ class _Composite:
             values = self._fast(comps)
         if self._kwargs is not None:
             return self.record(**dict(zip(self._kwargs, values, strict=True)))
-        return self.record(*values)
+        return self._make(*values)
 
 
 def _attr_reader(field_no: int, comp: int, sub: int, composite: _Composite | None,
@@ -277,6 +315,20 @@ def _attr_reader(field_no: int, comp: int, sub: int, composite: _Composite | Non
     """
     if composite is not None:
         build, empty = composite.build, composite.empty
+        if not repeat and composite.shared:
+            cache, build_new = composite.cache, composite.build_new
+
+            def read_shared(view: _View) -> Any:
+                fields = view.fields
+                raw = fields[field_no] if field_no < len(fields) else ""
+                if not raw:
+                    return empty
+                seps = view.seps
+                if seps is not _DEFAULT_SEPS:
+                    return build_new(raw.partition(seps[0])[0], seps)
+                found = cache.get(raw)  # keyed by the repetition: here the whole field, usually
+                return found if found is not None else build(raw.partition(seps[0])[0], seps)
+            return read_shared
         if repeat:
             def read_composites(view: _View) -> tuple[Any, ...]:
                 fields = view.fields
@@ -308,11 +360,32 @@ def _attr_reader(field_no: int, comp: int, sub: int, composite: _Composite | Non
             return tuple(v for rep in raw.split(seps[0])
                          if (v := convert(_leaf(rep, comp, sub, seps))))
         return read_leaves
+    if comp == 1 and sub == 1 and convert is not _as_text:
+        return _first_converted(field_no, convert)
     return _converted(_text_reader(field_no, comp, sub, False), convert)
 
 
 def _converted(text: _Text, convert: Callable[[str], Any]) -> _Read:
     return text if convert is _as_text else lambda view: convert(text(view))
+
+
+def _first_converted(field_no: int, convert: Callable[[str], Any]) -> _Read:
+    """`_converted(_text_reader(field_no, 1, 1, False), convert)` in one call."""
+    def read_first_converted(view: _View) -> Any:
+        fields = view.fields
+        raw = fields[field_no] if field_no < len(fields) else ""
+        if raw:
+            rep_sep, comp_sep, sub_sep, esc, d = view.seps
+            if rep_sep in raw:
+                raw = raw.partition(rep_sep)[0]
+            if comp_sep in raw:
+                raw = raw.partition(comp_sep)[0]
+            if sub_sep in raw:
+                raw = raw.partition(sub_sep)[0]
+            if esc in raw:
+                raw = unescape(raw, d)
+        return convert(raw)
+    return read_first_converted
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +419,7 @@ class _Record:
     message).
     """
 
-    __slots__ = ("_names", "_readers", "record")
+    __slots__ = ("_make", "_names", "_readers", "record")
 
     def __init__(self, record: type[Any], segment: str, attrs: Sequence[_Attr],
                  where: str) -> None:
@@ -372,9 +445,10 @@ class _Record:
                 readers.append(attr.read)
         self._readers = tuple(readers)
         self._names = _init_fields(record)
+        self._make = _constructor(record)
 
     def build(self, view: _View) -> Any:
-        return self.record(*[read(view) for read in self._readers])
+        return self._make(*[read(view) for read in self._readers])
 
     def reader(self, name: str) -> _Read:
         """What `build(view).<name>` would be, without building the record."""
@@ -424,6 +498,31 @@ def _text_at(path: tuple[str, int, int, int]) -> _Text:
 _NORMALISE = frozenset({"", "administered", "route"})
 
 
+class _Positions:
+    """A record's init attributes: their defaults in order, and each name's position."""
+
+    __slots__ = ("_index", "defaults", "record")
+
+    def __init__(self, record: type[Any], where: str) -> None:
+        self.record = record
+        self.defaults: list[Any] = []
+        for f in dataclasses.fields(record):
+            if not f.init:
+                continue
+            if f.default is not dataclasses.MISSING:
+                self.defaults.append(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                self.defaults.append(f.default_factory())
+            else:
+                raise MappingError(f"{where}: {record.__name__}.{f.name} has no default")
+        self._index = {name: i for i, name in enumerate(_init_fields(record))}
+
+    def index(self, name: str, where: str) -> int:
+        if name not in self._index:
+            raise MappingError(f"{where}: {self.record.__name__} has no attribute {name!r}")
+        return self._index[name]
+
+
 class VxuMapper:
     """The compiled `mappings/vxu.yaml` plus its code tables; `map` is pure and thread-safe."""
 
@@ -458,10 +557,24 @@ class VxuMapper:
             (seg, f, _text_at((seg, f, c, s)))
             for seg, f, c, s in (_parse_path(p, "order_group.required")
                                  for p in group.get("required", ())))
-        normalisers: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
-            "administered": self._administered, "route": lambda route, _: self._route(route)}
-        self._group_plan = tuple((a.name, a.segment, a.read, a.when, normalisers.get(a.normalise))
-                                 for a in self._group_attrs)
+        # A Vaccination is built positionally: attribute values go into a copy of the
+        # record's defaults, by index, in the order the dict of keyword arguments used to be
+        # filled (so a later attribute still overrides an earlier one).
+        self._vac = _Positions(domain.Vaccination, "order_group")
+        self._vac_make = _constructor(domain.Vaccination)
+        # Consecutive attributes of one segment form a run: its segment is looked up once.
+        runs: list[tuple[str, list[tuple[int, _Read, Any, str]]]] = []
+        for a in self._group_attrs:
+            if not runs or runs[-1][0] != a.segment:
+                runs.append((a.segment, []))
+            runs[-1][1].append((self._vac.index(a.name, f"order_group.{a.name}"), a.read,
+                                a.when, a.normalise))
+        self._group_plan = tuple((seg, tuple(steps)) for seg, steps in runs)
+        self._vac_kind = self._vac.index("kind", "order_group")
+        self._vac_orc = self._vac.index("orc_sequence", "order_group")
+        self._vac_rxa = self._vac.index("rxa_sequence", "order_group")
+        self._vac_observations = self._vac.index("observations", "order_group")
+        self._vac_vis = self._vac.index("vis", "order_group")
         self._placeholder_keys = frozenset(str(k) for k in group.get("placeholder_keys", ()))
         self._kinds = tuple(
             (tuple((path[0], _text_at(path), _allowed(v))
@@ -475,14 +588,21 @@ class VxuMapper:
         self._obx_value = self._obx.reader("value")
         self._obx_coded_value = self._obx.reader("coded_value")
         self._obx_sub_id = self._obx.reader("sub_id")
-        self._lift = {str(k): str(v) for k, v in (obs.get("lift") or {}).items()}
-        self._vis = {str(k): (str(v["attribute"]), str(v.get("convert", "coded")))
+        self._lift = {str(k): self._vac.index(str(v), f"observation.lift.{k}")
+                      for k, v in (obs.get("lift") or {}).items()}
+        self._vis_record = _Positions(domain.Vis, "observation.vis")
+        self._vis_make = _constructor(domain.Vis)
+        self._vis = {str(k): (self._vis_record.index(str(v["attribute"]), f"observation.vis.{k}"),
+                              str(v.get("convert", "coded")) == "date")
                      for k, v in (obs.get("vis") or {}).items()}
         codes = spec["codes"]
         self._admin_systems: dict[str, tuple[str, dict[str, str]]] = {}
         for system, rule in codes["administered"].items():
             table = _read_table(codes_dir / rule["to_cvx"]) if rule.get("to_cvx") else {}
             self._admin_systems[str(system)] = (str(rule["attribute"]), table)
+            self._vac.index(str(rule["attribute"]), f"codes.administered.{system}")
+        # RXA-5 → its product codes, per distinct (shared, cached) Coded record.
+        self._products: dict[domain.Coded, tuple[tuple[int, str], ...]] = {}
         route = codes["route"]
         self._route_systems = frozenset(str(s) for s in route["from_systems"])
         self._route_system = str(route["system"])
@@ -598,8 +718,8 @@ class VxuMapper:
         persons = tuple(self._nk1.build(v) for v in views
                         if v.id == self.nk1_segment)
         events = []
-        for group in self._order_groups(views):
-            event, problems = self._event(group)
+        for group, ctx in self._order_groups(views):
+            event, problems = self._event(group, ctx)
             issues.extend(problems)
             if event is not None:
                 events.append(event)
@@ -607,27 +727,30 @@ class VxuMapper:
                          has_pd1=pd1 is not None)
         return MappingResult(vxu, tuple(issues), False)
 
-    def _order_groups(self, views: Sequence[_View]) -> list[list[_View]]:
-        groups: list[list[_View]] = []
+    def _order_groups(self, views: Sequence[_View]
+                      ) -> list[tuple[list[_View], dict[str, _View]]]:
+        """The order groups, each with its first segment of each id (the group's context)."""
+        groups: list[tuple[list[_View], dict[str, _View]]] = []
         current: list[_View] | None = None
+        ctx: dict[str, _View] = {}
+        starts_ids, members = self._group_starts, self._group_members
         for view in views:
             seg_id = view.id
-            starts = seg_id in self._group_starts and (
-                current is None or seg_id == "ORC"
-                or any(v.id == seg_id for v in current))
-            if starts:
+            if seg_id in starts_ids and (current is None or seg_id == "ORC" or seg_id in ctx):
                 current = [view]
-                groups.append(current)
-            elif current is not None and seg_id in self._group_members:
-                current.append(view)
-            elif seg_id not in self._group_members:
+                ctx = {seg_id: view}
+                groups.append((current, ctx))
+            elif seg_id in members:
+                if current is not None:
+                    current.append(view)
+                    if seg_id not in ctx:
+                        ctx[seg_id] = view
+            else:
                 current = None
         return groups
 
-    def _event(self, group: list[_View]) -> tuple[domain.Vaccination | None, list[Issue]]:
-        ctx: dict[str, _View] = {}
-        for view in group:
-            ctx.setdefault(view.id, view)
+    def _event(self, group: list[_View], ctx: dict[str, _View]
+               ) -> tuple[domain.Vaccination | None, list[Issue]]:
         problems = []
         for seg, f, text in self._group_required:
             required = ctx.get(seg)
@@ -645,46 +768,70 @@ class VxuMapper:
             if _holds(conditions, ctx):
                 kind = candidate
                 break
-        values: dict[str, Any] = {"kind": kind,
-                                  "orc_sequence": ctx["ORC"].sequence if "ORC" in ctx else 0,
-                                  "rxa_sequence": ctx["RXA"].sequence if "RXA" in ctx else 0}
-        for name, segment, read, when, normalise in self._group_plan:
+        values = self._vac.defaults.copy()
+        values[self._vac_kind] = kind
+        orc, rxa = ctx.get("ORC"), ctx.get("RXA")
+        values[self._vac_orc] = orc.sequence if orc is not None else 0
+        values[self._vac_rxa] = rxa.sequence if rxa is not None else 0
+        for segment, steps in self._group_plan:
             source = ctx.get(segment)
-            if source is None or (when and not _holds(when, ctx)):
+            if source is None:
                 continue
-            value = read(source)
-            if normalise is not None:
-                value = normalise(value, values)
-            values[name] = value
+            for index, read, when, normalise in steps:
+                if when and not _holds(when, ctx):
+                    continue
+                value = read(source)
+                if normalise:
+                    if normalise == "route":
+                        value = self._route(value)
+                    else:  # administered: RXA-5 stays as sent; its product codes are added
+                        for code_index, code in self._product_codes(value):
+                            values[code_index] = code
+                values[index] = value
 
         observations: list[domain.Observation] = []
-        vis: dict[str, dict[str, Any]] = {}
+        vis: dict[str, list[Any]] = {}
+        obx_segment, lift, vis_codes = self.obx_segment, self._lift, self._vis
         for view in group:
-            if view.id != self.obx_segment:
+            if view.id != obx_segment:
                 continue
             # Funding and VIS observations need three of the Observation's attributes: read
             # those rather than build the whole record.
             code = self._obx_code(view).code
-            if code in self._lift:
-                values[self._lift[code]] = self._obx_coded_value(view)
-            elif code in self._vis:
-                name, how = self._vis[code]
+            if code in lift:
+                values[lift[code]] = self._obx_coded_value(view)
+            elif code in vis_codes:
+                vis_index, is_date = vis_codes[code]
                 coded_value = self._obx_coded_value(view)
-                raw = self._obx_value(view) or coded_value.code
-                vis.setdefault(self._obx_sub_id(view), {})[name] = (
-                    hl7_date(raw) if how == "date" else coded_value)
+                sub_id = self._obx_sub_id(view)
+                statement = vis.get(sub_id)
+                if statement is None:
+                    statement = vis[sub_id] = self._vis_record.defaults.copy()
+                statement[vis_index] = (
+                    hl7_date(self._obx_value(view) or coded_value.code) if is_date
+                    else coded_value)
             else:
                 observations.append(self._obx.build(view))
-        values["observations"] = tuple(observations)
-        values["vis"] = tuple(domain.Vis(**v) for _, v in sorted(vis.items()))
-        return domain.Vaccination(**values), []
+        values[self._vac_observations] = tuple(observations)
+        if vis:
+            make = self._vis_make
+            values[self._vac_vis] = tuple(make(*vis[sub_id]) for sub_id in sorted(vis))
+        return self._vac_make(*values), []
 
-    def _administered(self, coded: domain.Coded, values: dict[str, Any]) -> domain.Coded:
-        """RXA-5 stays as sent; the product codes it carries are added to `values`."""
-        values.update(self._product_codes(coded))
-        return coded
+    def _product_codes(self, coded: domain.Coded) -> tuple[tuple[int, str], ...]:
+        """(Vaccination index, value) of cvx/ndc/cpt from RXA-5, remembered per code."""
+        products = self._products
+        found = products.get(coded)
+        if found is None:
+            index = self._vac.index
+            found = tuple((index(name, "codes"), value)
+                          for name, value in self._product_code_values(coded).items())
+            if len(products) >= _CACHE_SIZE:
+                products.clear()
+            products[coded] = found
+        return found
 
-    def _product_codes(self, coded: domain.Coded) -> dict[str, str]:
+    def _product_code_values(self, coded: domain.Coded) -> dict[str, str]:
         """cvx/ndc/cpt from RXA-5 (either triplet); NDC and CPT also give a CVX."""
         found: dict[str, str] = {}
         derived_cvx = ""
@@ -716,26 +863,27 @@ def _views(message: Message, dropped: frozenset[int],
     for index, field_no in emptied:
         hidden.setdefault(index, []).append(field_no)
     views: list[_View] = []
+    append = views.append
     counts: dict[str, int] = {}
     last_delims: Delimiters | None = None
-    seps: _Seps | None = None
+    seps: _Seps = _DEFAULT_SEPS
     for index, seg in enumerate(message.segments):
         seg_id = seg.id
         counts[seg_id] = sequence = counts.get(seg_id, 0) + 1
-        if index in dropped:
+        if dropped and index in dropped:
             continue
         d = seg.delimiters
-        if d is not last_delims or seps is None:
+        if d is not last_delims:
             last_delims = d
             seps = (_DEFAULT_SEPS if d == DEFAULT_DELIMITERS
                     else (d.repetition, d.component, d.subcomponent, d.escape, d))
         fields = seg.fields
-        if index in hidden:
+        if hidden and index in hidden:
             fields = list(fields)
             for field_no in hidden[index]:
                 if 0 < field_no < len(fields):
                     fields[field_no] = ""
-        views.append(_View(seg_id, fields, seps, sequence))
+        append(_View(seg_id, fields, seps, sequence))
     return views
 
 

@@ -243,3 +243,22 @@ def test_a_vxu_maps_field_by_field() -> None:
     assert refusal.key == domain.EventKey("9999", "EHR") and MAPPER.is_placeholder_key(refusal.key)
     assert refusal.cvx == "107" and refusal.refusal_reason.code == "00"
     assert refusal.completion_status == "RE"
+
+
+@pytest.mark.parametrize("record", [
+    domain.Coded, domain.Name, domain.Identifier, domain.Address, domain.Phone, domain.Provider,
+    domain.Site, domain.EventKey, domain.Patient, domain.PatientSettings,
+    domain.ResponsiblePerson, domain.Observation, domain.Vis, domain.Vaccination])
+def test_fast_constructor_builds_the_same_record(record: type[Any]) -> None:
+    import dataclasses
+
+    from engine.mapping import _constructor
+
+    fields = [f for f in dataclasses.fields(record) if f.init]
+    values = [f"v{i}" for i in range(len(fields))]
+    built, expected = _constructor(record)(*values), record(*values)
+    assert type(built) is record
+    assert built == expected and repr(built) == repr(expected)
+    assert hash(built) == hash(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(built, fields[0].name, "x")
