@@ -10,10 +10,10 @@ unexpected exception answers AR 207 with a fixed text and is logged without mess
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config import AcceptConfig, Config
@@ -132,28 +132,54 @@ class Pipeline:
         self.journal = journal
         self._stage_hist = {stage: metrics.stage_seconds.labels(stage) for stage in
                             ("decode", "parse", "accept", "validate", "handle", "respond")}
+        self._observe = {stage: hist.observe for stage, hist in self._stage_hist.items()}
+        self._observe_respond = self._observe["respond"]
+        # Labelled metric children, looked up once per label set (label values come from
+        # closed sets, so these stay small).
+        self._message_counters: dict[tuple[str, str], Callable[[], None]] = {}
+        self._error_counters: dict[tuple[int, str], Callable[[], None]] = {}
+        # Accept-level fast path: a header that passes every check needs no Issue building.
+        self._accepted_types = frozenset(accept.message_types)
+        self._type_names = frozenset(t.split("^")[0] for t in accept.message_types)
+        self._processing_ids = frozenset(accept.processing_ids)
+        self._versions = frozenset(accept.versions)
         self.max_frame_label = f"{max_frame_bytes} byte"
         self.today = today or (lambda: responses.clock().date())
 
     def _timed(self, stage: str, started: float) -> float:
         """Record a stage's latency; returns now, the next stage's start."""
-        now = time.perf_counter()
-        self._stage_hist[stage].observe(now - started)
+        now = perf_counter()
+        self._observe[stage](now - started)
         return now
+
+    def _count_message(self, type_label: str, outcome: str) -> None:
+        key = (type_label, outcome)
+        inc = self._message_counters.get(key)
+        if inc is None:
+            inc = self._message_counters[key] = self.metrics.messages.labels(*key).inc
+        inc()
+
+    def _accept_issues(self, header: Header) -> list[Issue]:
+        if (f"{header.message_type}^{header.trigger_event}" in self._accepted_types
+                and header.message_type in self._type_names
+                and header.processing_id in self._processing_ids
+                and header.version in self._versions):
+            return []
+        return accept_issues(header, self.accept)
 
     def _encode(self, text: str, header: Header) -> bytes:
         codec = codec_for(header.charset, header.component_sep) or "utf-8"
         return text.encode(codec, errors="replace")
 
     def _answer(self, header: Header, issues: Sequence[Issue], ack_code: str | None) -> bytes:
-        started = time.perf_counter()
+        started = perf_counter()
         response = self._encode(self.responses.ack(header, issues, ack_code), header)
-        self._timed("respond", started)
+        self._observe_respond(perf_counter() - started)
         return response
 
     def process(self, payload: bytes, peer: str = "") -> bytes:
         """Exactly one response for one message; every failure is answered, never raised."""
-        started = time.perf_counter()
+        started = perf_counter()
         header = peek_header(payload)
         outcome = "AR"
         codes: list[str] = []
@@ -168,17 +194,30 @@ class Pipeline:
             issue = ApplicationInternalError(INTERNAL_ERROR_TEXT).to_issue()
             response = self._answer(header, [issue], "AR")
             outcome, codes = "AR", ["207"]
-        self.metrics.messages.labels(_type_label(header, self.accept), outcome).inc()
+        self._count_message(self._type_label(header), outcome)
         log.info("message.answered", control_id=header.control_id[:40],
                  message_type=f"{header.message_type[:3]}^{header.trigger_event[:3]}",
                  sender=header.sending_facility[:40], ack=outcome, errors=codes,
-                 ms=round((time.perf_counter() - started) * 1000, 3))
+                 ms=round((perf_counter() - started) * 1000, 3))
         return response
 
+    def _type_label(self, header: Header) -> str:
+        """Bounded metric label: a configured message type, or "other"."""
+        full = f"{header.message_type}^{header.trigger_event}"
+        return full if full in self._accepted_types else "other"
+
     def _count(self, issues: Sequence[Issue]) -> list[str]:
+        codes = []
+        counters = self._error_counters
         for issue in issues:
-            self.metrics.errors.labels(str(issue.code), issue.severity.value).inc()
-        return [str(i.code) for i in issues]
+            code = str(issue.code)
+            key = (issue.code, issue.severity.value)
+            inc = counters.get(key)
+            if inc is None:
+                inc = counters[key] = self.metrics.errors.labels(code, key[1]).inc
+            inc()
+            codes.append(code)
+        return codes
 
     def _process(self, payload: bytes, header: Header, peer: str) -> tuple[bytes, str, list[str]]:
         received_at = self.responses.clock()
@@ -201,7 +240,7 @@ class Pipeline:
 
     def _run(self, payload: bytes, header: Header, peer: str,
              received_at: datetime) -> tuple[bytes, str, list[str]]:
-        t = time.perf_counter()
+        t = perf_counter()
         try:
             text = decode(payload, header)
             t = self._timed("decode", t)
@@ -211,7 +250,7 @@ class Pipeline:
             issues = [exc.to_issue()]
             return self._answer(header, issues, "AR"), "AR", self._count(issues)
 
-        issues = accept_issues(header, self.accept)
+        issues = self._accept_issues(header)
         t = self._timed("accept", t)
         if issues:
             return self._answer(header, issues, "AR"), "AR", self._count(issues)
@@ -258,14 +297,8 @@ class Pipeline:
         issue = MessageParseError(
             f"Message of {size} bytes exceeds the {self.max_frame_label} limit and was not "
             "processed", Location("MSH", 1), code=102).to_issue()
-        self.metrics.messages.labels(_type_label(header, self.accept), "AR").inc()
+        self._count_message(self._type_label(header), "AR")
         return self._answer(header, [issue], "AR")
-
-
-def _type_label(header: Header, accept: AcceptConfig) -> str:
-    """Bounded metric label: a configured message type, or "other"."""
-    full = f"{header.message_type}^{header.trigger_event}"
-    return full if full in accept.message_types else "other"
 
 
 def build_pipeline(config: Config, metrics: Metrics, responses: ResponseBuilder | None = None,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,24 @@ IdGenerator = Callable[[], str]
 _STANDARD_ENCODING = "^~\\&"
 
 
+_local_zone: tuple[int, timezone] = (-1, UTC)
+
+
 def system_clock() -> datetime:
-    """Local wall-clock time with its UTC offset (MSH-7 always carries a zone)."""
-    return datetime.now().astimezone()
+    """Local wall-clock time with its UTC offset (MSH-7 always carries a zone).
+
+    The same value as ``datetime.now().astimezone()``, with the local zone (offset and name)
+    looked up once per second rather than on every call: offsets only change on whole seconds.
+    """
+    global _local_zone
+    now = time.time()
+    second = int(now // 1)
+    cached = _local_zone
+    if cached[0] != second:
+        local = time.localtime(second)
+        cached = _local_zone = (second, timezone(timedelta(seconds=local.tm_gmtoff),
+                                                 local.tm_zone))
+    return datetime.fromtimestamp(now, cached[1])
 
 
 def control_id_generator(prefix: str = "IZ") -> IdGenerator:
@@ -156,40 +172,84 @@ class ResponseBuilder:
         self.ids = ids or control_id_generator()
         self.catalogue = catalogue or Catalogue.load()
         self.policy = policy or AckPolicy.load()
+        # Per-builder caches (all derived from immutable inputs): the static text around
+        # MSH-7/MSH-10 per header, the last second's MSH-7 text, and rendered ERR-3/ERR-5.
+        self._msh_parts: dict[tuple[str, ...], tuple[str, str]] = {}
+        self._ts_cache: tuple[timezone, datetime, datetime, str] | None = None
+        self._code3: dict[int, str] = {}
+        self._code5: dict[int, str] = {}
 
-    def msh(self, header: Header, message_type: str, profile: str) -> str:
-        """Our MSH for a response to `header`: sender and receiver swapped, zone-stamped."""
+    def _timestamp(self, moment: datetime) -> str:
+        """`format_ts(moment)`, re-using the text while the clock stays in the same second."""
+        cached = self._ts_cache
+        zone = moment.tzinfo
+        if (cached is not None and type(zone) is timezone and zone == cached[0]
+                and cached[1] <= moment < cached[2]):
+            return cached[3]
+        text = format_ts(moment)
+        if type(zone) is timezone:  # a fixed offset: the text depends on the second only
+            start = moment.replace(microsecond=0)
+            self._ts_cache = (zone, start, start + timedelta(seconds=1), text)
+        return text
+
+    def _msh_static(self, header: Header, message_type: str,
+                    profile: str) -> tuple[str, str]:
+        """The MSH text before MSH-7 and after MSH-10 for a response to `header`."""
+        key = (header.field_sep, header.component_sep, header.receiving_application,
+               header.receiving_facility, header.sending_application, header.sending_facility,
+               header.processing_id, header.responsible_receiving_org,
+               header.responsible_sending_org, message_type, profile)
+        parts = self._msh_parts.get(key)
+        if parts is None:
+            if len(self._msh_parts) >= 4096:  # bounded: senders are few, but be safe
+                self._msh_parts.clear()
+            parts = self._msh_parts[key] = self._render_msh_static(header, message_type,
+                                                                   profile)
+        return parts
+
+    def _render_msh_static(self, header: Header, message_type: str,
+                           profile: str) -> tuple[str, str]:
         def f(raw: str) -> str:
             return _safe_field(raw, header)
 
         processing = header.processing_id if header.processing_id in ("P", "T", "D") else "P"
-        fields = [
+        before = [
             "MSH", _STANDARD_ENCODING,
             f(header.receiving_application) or escape(self.identity.application),
             f(header.receiving_facility) or escape(self.identity.facility),
             f(header.sending_application),
             f(header.sending_facility),
-            format_ts(self.clock()),
-            "",
-            message_type,
-            escape(self.ids()),
+        ]
+        after = [
             processing,
             "2.5.1",
             "", "", "NE", "NE", "", "", "", "",
             profile,
         ]
         if header.responsible_receiving_org or header.responsible_sending_org:
-            fields += [f(header.responsible_receiving_org), f(header.responsible_sending_org)]
-        return "|".join(fields)
+            after += [f(header.responsible_receiving_org), f(header.responsible_sending_org)]
+        return "|".join(before) + "|", "|" + "|".join(after)
+
+    def msh(self, header: Header, message_type: str, profile: str) -> str:
+        """Our MSH for a response to `header`: sender and receiver swapped, zone-stamped."""
+        before, after = self._msh_static(header, message_type, profile)
+        stamp = self._timestamp(self.clock())
+        return f"{before}{stamp}||{message_type}|{escape(self.ids())}{after}"
 
     def err(self, issue: Issue) -> str:
         """One ERR segment: ERR-2 location, ERR-3 0357, ERR-4 severity, ERR-5 0533, ERR-8 text."""
         d = DEFAULT_DELIMITERS
-        code3 = f"{issue.code}^{escape(self.catalogue.text_0357(issue.code), d)}^HL70357"
+        code3 = self._code3.get(issue.code)
+        if code3 is None:
+            code3 = self._code3[issue.code] = (
+                f"{issue.code}^{escape(self.catalogue.text_0357(issue.code), d)}^HL70357")
         code5 = ""
         if issue.application_code is not None:
-            text5 = self.catalogue.cdc0533.get(issue.application_code, "")
-            code5 = f"{issue.application_code}^{escape(text5, d)}^HL70533"
+            code5 = self._code5.get(issue.application_code, "")
+            if not code5:
+                text5 = self.catalogue.cdc0533.get(issue.application_code, "")
+                code5 = self._code5[issue.application_code] = (
+                    f"{issue.application_code}^{escape(text5, d)}^HL70533")
         return "|".join(["ERR", "", issue.location.render(), code3, issue.severity.value,
                          code5, "", "", escape(issue.text, d)])
 

@@ -75,3 +75,40 @@ def test_log_exception_keeps_only_the_error_type_and_frames(log_stream: io.Strin
     assert "ValueError" in logged and "test_no_phi.py" in logged
     for value in PHI:
         assert value not in logged
+
+
+def test_module_loggers_follow_a_later_configuration() -> None:
+    """Loggers obtained before `configure` (module level) write where the latest one says."""
+    log = obs_logging.get_logger("test.late")
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        obs_logging.configure("json", "info", stream=first)
+        log.info("one", control_id="C1")
+        obs_logging.configure("json", "warning", stream=second)
+        log.info("two", control_id="C2")
+        log.warning("three", control_id="C3")
+    finally:
+        obs_logging.configure("console", "info")
+    assert '"event": "one"' in first.getvalue() and "three" not in first.getvalue()
+    assert "two" not in second.getvalue() and '"event": "three"' in second.getvalue()
+
+
+def test_console_renderer_renders_what_structlogs_renders() -> None:
+    """The cheaper console columns produce byte-for-byte structlog's ConsoleRenderer output."""
+    import structlog
+
+    stock, ours = structlog.dev.ConsoleRenderer(colors=False), obs_logging.console_renderer()
+    values: list[object] = ["", "x", "two words", "a=b", 'q"uote', "it's", "tab\there", "nl\n",
+                            "VXU^V04", "Ñandú", 0, 1.5, None, True, [], ["101", "207"],
+                            {"k": "v"}, "x" * 80]
+    events: list[dict[str, object]] = []
+    for i, value in enumerate(values):
+        events.append({"event": value, "level": "info", "timestamp": "2026-01-01T00:00:00Z",
+                       "control_id": value, "errors": [value], "ms": i})
+        events.append({"event": "message.answered", "logger": value, "level": "warning",
+                       "zeta": value, "alpha": value})
+        events.append({"event": "message.answered" * 3, "logger_name": "engine.pipeline",
+                       "level": "debug", "stack": "frames", "exception": "Traceback"})
+        events.append({"event": value, "level": "custom-level", "timestamp": value})
+    for event in events:
+        assert ours(None, "info", dict(event)) == stock(None, "info", dict(event))

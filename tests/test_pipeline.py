@@ -169,3 +169,53 @@ def test_non_ascii_sender_names_are_echoed_intact() -> None:
     assert ack.msh.field(6) == "Clínica Niño"
     msa_seg = ack.first("MSA")
     assert msa_seg is not None and msa_seg.value(2) == "CTL-ñ"
+
+
+# -- the caches on the hot path must not change a byte ------------------------------------
+
+def test_timestamp_follows_the_clock_across_seconds_and_zones() -> None:
+    """MSH-7 is cached per second and zone: each ACK still carries its own clock reading."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from engine.config import IdentityConfig
+    from engine.hl7.charset import peek_header
+    from engine.responses import ResponseBuilder, format_ts
+
+    west, east = timezone(timedelta(hours=-8)), timezone(timedelta(hours=5, minutes=30))
+    base = datetime(2026, 3, 8, 1, 59, 59, 999_000, tzinfo=west)
+    moments = [base, base + timedelta(microseconds=500), base + timedelta(milliseconds=1),
+               base.astimezone(east), base + timedelta(seconds=1), base - timedelta(seconds=1),
+               base, datetime(2026, 3, 8, 1, 59, 59, tzinfo=ZoneInfo("America/Los_Angeles")),
+               datetime(2026, 3, 8, 3, 0, 0, tzinfo=ZoneInfo("America/Los_Angeles"))]
+    clock = iter(moments)
+    builder = ResponseBuilder(IdentityConfig(), clock=lambda: next(clock), ids=lambda: "ID1")
+    header = peek_header(VXU)
+    for moment in moments:
+        assert read(builder.ack(header, []).encode()).msh.field(7) == format_ts(moment)
+
+
+def test_msh_cache_keeps_each_sender_its_own_addressing() -> None:
+    """Responses to different senders, interleaved, are addressed to each one."""
+    a = fixed_pipeline().process(VXU)
+    pipeline = fixed_pipeline()
+    other = with_msh(4, b"OTHER").replace(b"|P|2.5.1|", b"|T|2.5.1|")
+    first, second, third = (pipeline.process(VXU), pipeline.process(other),
+                            pipeline.process(VXU))
+    assert first == a
+    assert read(second).msh.field(6) == "OTHER" and read(second).msh.field(11) == "T"
+    assert read(third).msh.field(6) == "CLINIC" and read(third).msh.field(10) == "ACK00003"
+
+
+def test_system_clock_is_local_time_with_its_zone() -> None:
+    """The cached-zone clock reads the same as datetime.now().astimezone()."""
+    from datetime import datetime
+
+    from engine.responses import format_ts, system_clock
+
+    before = datetime.now().astimezone()
+    now = system_clock()
+    after = datetime.now().astimezone()
+    assert before <= now <= after
+    assert now.utcoffset() == after.utcoffset() and now.tzname() == after.tzname()
+    assert format_ts(now)[-5:] == format_ts(after)[-5:]

@@ -719,3 +719,64 @@ def test_real_pipeline_rejects_an_oversize_frame_with_ar() -> None:
             message("E2E-BIG", b"OBX|1|ST|||" + b"X" * 5000 + b"\r"))
         assert msa(response) == ("AR", "E2E-BIG")
     run(scenario)
+
+
+def test_threaded_adapter_answers_every_frame_in_order_and_closes_cleanly() -> None:
+    """AsyncPipeline with a thread pool: one answer per frame, in order, on 4 connections;
+    `close` finishes queued work and stops its threads; it refuses work afterwards."""
+    import threading
+
+    pipeline_mod = pytest.importorskip("engine.pipeline")
+    service = pytest.importorskip("engine.service")
+    config, metrics = Config(), Metrics(CollectorRegistry())
+    adapter = service.AsyncPipeline(pipeline_mod.build_pipeline(config, metrics), threads=3)
+
+    async def scenario() -> None:
+        server = MllpServer(ServerConfig(host=HOST, port=0), adapter, metrics)
+        await server.start()
+        try:
+            async def one(c: int) -> None:
+                peer = await Peer.connect(server.port)
+                try:
+                    ids = [f"T{c}-{i}" for i in range(20)]
+                    for control_id in ids:
+                        await peer.send(message(control_id))
+                    assert [msa(await peer.receive())[1] for _ in ids] == ids
+                finally:
+                    await peer.close()
+            await asyncio.gather(*(one(c) for c in range(4)))
+        finally:
+            await server.shutdown()
+    try:
+        run(scenario)
+    finally:
+        adapter.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("iz-pipeline")]
+    with pytest.raises(RuntimeError):
+        asyncio.run(adapter.handle(message("LATE"), "peer"))
+
+
+def test_threaded_adapter_passes_a_handler_crash_to_the_caller() -> None:
+    """If `process` ever raised, the awaiting task gets the exception (the server drops the
+    peer) and the pool thread survives to answer the next frame."""
+    service = pytest.importorskip("engine.service")
+
+    class Flaky:
+        calls = 0
+
+        def process(self, payload: bytes, peer: str = "") -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                raise ValueError("boom")
+            return b"ok:" + payload
+
+    adapter = service.AsyncPipeline(Flaky(), threads=1)
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError):
+            await adapter.handle(b"a", "p")
+        assert await adapter.handle(b"b", "p") == b"ok:b"
+    try:
+        run(scenario)
+    finally:
+        adapter.close()

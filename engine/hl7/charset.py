@@ -31,6 +31,9 @@ def declared_charset(msh18: str, component_sep: str = "^") -> str:
 
 def codec_for(msh18: str, component_sep: str = "^") -> str | None:
     """The Python codec for an MSH-18 value; None when we do not support it."""
+    codec = CHARSETS.get(msh18)  # fast path: already a table 0211 name, one component
+    if codec is not None and component_sep not in msh18:
+        return codec
     return CHARSETS.get(declared_charset(msh18, component_sep))
 
 
@@ -63,12 +66,14 @@ def _first_line(data: bytes) -> bytes:
     start = data.find(b"MSH")
     if start < 0:
         return b""
-    end = len(data)
-    for sep in (b"\r", b"\n"):
-        pos = data.find(sep, start)
-        if 0 <= pos < end:
-            end = pos
-    return data[start:end]
+    end = data.find(b"\r", start)
+    if end < 0:
+        end = len(data)
+    lf = data.find(b"\n", start, end)
+    return data[start:lf if lf >= 0 else end]
+
+
+_HEADER_FIELDS = 23  # MSH-1 .. MSH-23: parts[0] .. parts[22]
 
 
 def peek_header(data: bytes) -> Header:
@@ -82,39 +87,33 @@ def peek_header(data: bytes) -> Header:
         return Header()
     parts = text.split(fs)
     codec = codec_for(parts[17]) if len(parts) > 17 else "utf-8"
-    if codec not in (None, "latin-1"):
+    if codec not in (None, "latin-1") and not line.isascii():
         # Header values are echoed into our response (MSH-5/6, MSA-2): read them in the
-        # declared character set so a UTF-8 "Niño" is not turned into mojibake.
+        # declared character set so a UTF-8 "Niño" is not turned into mojibake. (ASCII bytes
+        # read the same in every supported set.)
         parts = line.decode(str(codec), errors="replace").split(fs)
-    enc = parts[1] if len(parts) > 1 else ""
+    if len(parts) < _HEADER_FIELDS:
+        parts += [""] * (_HEADER_FIELDS - len(parts))
+    enc = parts[1]
     cs = enc[0] if enc and not enc[0].isalnum() and enc[0] != fs else "^"
-
-    def f(n: int) -> str:  # MSH-n is parts[n-1]
-        return parts[n - 1] if n - 1 < len(parts) else ""
-
-    def c(n: int, comp: int = 1) -> str:
-        comps = f(n).split(cs)
-        return comps[comp - 1] if comp - 1 < len(comps) else ""
-
-    def clip(value: str, limit: int = 199) -> str:
-        return value[:limit]
+    msg_type = parts[8].split(cs, 2)  # MSH-9.1 and MSH-9.2
 
     return Header(
         field_sep=fs,
         component_sep=cs,
-        sending_application=clip(f(3)),
-        sending_facility=clip(f(4)),
-        receiving_application=clip(f(5)),
-        receiving_facility=clip(f(6)),
-        control_id=clip(f(10)),
-        message_type=clip(c(9, 1)),
-        trigger_event=clip(c(9, 2)),
-        processing_id=clip(c(11, 1)),
-        version=clip(c(12, 1)),
-        charset=clip(f(18)),
-        profile=clip(c(21, 1)),
-        responsible_sending_org=clip(f(22)),
-        responsible_receiving_org=clip(f(23)),
+        sending_application=parts[2][:199],
+        sending_facility=parts[3][:199],
+        receiving_application=parts[4][:199],
+        receiving_facility=parts[5][:199],
+        control_id=parts[9][:199],
+        message_type=msg_type[0][:199],
+        trigger_event=msg_type[1][:199] if len(msg_type) > 1 else "",
+        processing_id=parts[10].split(cs, 1)[0][:199],
+        version=parts[11].split(cs, 1)[0][:199],
+        charset=parts[17][:199],
+        profile=parts[20].split(cs, 1)[0][:199],
+        responsible_sending_org=parts[21][:199],
+        responsible_receiving_org=parts[22][:199],
     )
 
 
@@ -140,14 +139,15 @@ def _location_of(data: bytes, offset: int, field_sep: int) -> Location:
 def decode(data: bytes, header: Header | None = None) -> str:
     """Decode a frame's bytes per its MSH-18; raises MessageDecodeError with a location."""
     header = header or peek_header(data)
-    declared = declared_charset(header.charset, header.component_sep)
-    codec = CHARSETS.get(declared)
+    codec = codec_for(header.charset, header.component_sep)
     if codec is None:
+        declared = declared_charset(header.charset, header.component_sep)
         raise MessageDecodeError(f"MSH-18 character set '{declared[:20]}' is not supported",
                                  Location("MSH", 1, 18))
     try:
         return data.decode(codec)
     except UnicodeDecodeError as exc:
+        declared = declared_charset(header.charset, header.component_sep)
         fs = ord(header.field_sep) if len(header.field_sep) == 1 else 0x7C
         raise MessageDecodeError(
             f"Byte 0x{data[exc.start]:02X} is not valid {declared or 'UTF-8'} text",
