@@ -43,8 +43,8 @@ from sqlalchemy.sql.elements import ClauseElement
 class Precompiled:
     """One statement's SQL text for one dialect plus the bind processors of its parameters."""
 
-    __slots__ = ("_fixed", "_plan", "_processors", "names", "positional", "returns_rows",
-                 "sql")
+    __slots__ = ("_fixed", "_group", "_multi", "_plan", "_processors", "names", "positional",
+                 "returns_rows", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect,
                  column_keys: Sequence[str] | None = None, *,
@@ -75,6 +75,15 @@ class Precompiled:
         # Values compiled into the statement (constants in WHERE/SET) are still parameters.
         self._fixed = {n: binds[n].value for n in set(names)
                        if not binds[n].required and binds[n].value is not None}
+        # A positional INSERT's "(?, ?, ...)" group and where it ends, for `insert_rows`.
+        self._group: tuple[str, int] | None = None
+        self._multi: dict[int, str] = {}
+        start = self.sql.find("VALUES (") + len("VALUES ")
+        if compiled.isinsert and self.positional and start >= len("VALUES "):
+            end = self.sql.index(")", start) + 1
+            group = self.sql[start:end]
+            if group.count("?") == len(names) and not set(group) - set("(?, )"):
+                self._group = (group, end)
 
     def bind(self, values: Mapping[str, Any]) -> Any:
         """Driver parameters (tuple for positional drivers, dict otherwise) for one row."""
@@ -97,11 +106,35 @@ class Precompiled:
         mode several statements' results then come back in one round trip."""
         return _run(conn, self.sql, self.bind(values or {}), many=False, wait=False)
 
+    def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """All rows in one multi-row INSERT (SQLite): one statement to prepare, bind and step
+        instead of executemany's per-row reset and rebind; nothing to do for none."""
+        if self._group is None:
+            self.execute_many(conn, rows)
+            return
+        per_chunk = max(1, _MAX_PARAMS // len(self.names))
+        for at in range(0, len(rows), per_chunk):
+            chunk = rows[at:at + per_chunk]
+            n = len(chunk)
+            sql = self.sql if n == 1 else self._multi.get(n)
+            if sql is None:
+                group, end = self._group
+                sql = self._multi[n] = (self.sql[:end] + f", {group}" * (n - 1)
+                                        + self.sql[end:])
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(self.bind(row))
+            _run(conn, sql, tuple(params), many=False, wait=False)
+
     def execute_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """One executemany for all rows (nothing to do for none)."""
         params = [self.bind(row) for row in rows]
         if params:
             _run(conn, self.sql, params, many=True, wait=False)
+
+
+# Parameters per multi-row INSERT: SQLite's lowest compile-time limit (999 before 3.32).
+_MAX_PARAMS = 999
 
 
 class Rows:
