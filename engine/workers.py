@@ -99,7 +99,8 @@ class Supervisor:
         return not self._stopping and all(w.ready for w in self.workers)
 
     def bind(self) -> None:
-        """Bind and listen on server.host:port (the workers accept, never this process)."""
+        """Bind and listen on server.host:port (this process accepts; workers are dealt the
+        connections)."""
         cfg = self.config.server
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         self.sock = socket.create_server((cfg.host, cfg.port), family=family,
@@ -146,8 +147,8 @@ class Supervisor:
                 continue
             try:
                 socket.send_fds(worker.channel, [b"c"], [conn.fileno()])
-            except OSError:
-                continue  # that worker is going away; try the next
+            except OSError:  # going away, or its channel is full: try the next
+                continue
             self._next = (self._next + step + 1) % count
             return
         # No worker can take it (all restarting): closing makes the sender retry.
@@ -166,6 +167,8 @@ class Supervisor:
 
     async def _spawn(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # never block the accept loop: a worker too stuck to drain its channel is skipped
+        ours.setblocking(False)
         if worker.channel is not None:
             worker.channel.close()
         worker.channel = ours
