@@ -176,7 +176,12 @@ class _StoreProbe:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self.ok = await loop.run_in_executor(None, self._ping)
+            ping = loop.run_in_executor(None, self._ping)
+            try:  # a database that does not answer at all is as unready as one that refuses
+                self.ok = await asyncio.wait_for(asyncio.shield(ping), self.interval_s * 2)
+            except TimeoutError:
+                self.ok = False
+                self.ok = await ping  # one ping at a time, however long this one takes
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
@@ -230,7 +235,7 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
     sock = socket.socket(fileno=worker_fd) if worker_fd is not None else None
     server = MllpServer(cfg.server, frames, metrics,
                         handoff=(sock, worker_port) if sock is not None else None)
-    probe = _StoreProbe(bundle.writer.engine)
+    probe = _StoreProbe(bundle.writer.engine)  # workers: the supervisor probes for all
     http = (HttpServer(cfg.http, metrics.registry,
                        ready=lambda: probe.ok and not server.closing) if sock is None
             else None)
@@ -245,7 +250,8 @@ async def _serve(cfg: config_mod.Config, worker_fd: int | None = None,
         bundle.close()
         return 2
     stop = _stop_event()
-    probe.start()
+    if http is not None:
+        probe.start()
     retention = None
     if cfg.database.payload_retention_days and worker_index == 0:  # one purger is enough
         retention = asyncio.get_running_loop().create_task(
@@ -296,8 +302,13 @@ async def _supervise(cfg: config_mod.Config, worker_args: Sequence[str]) -> int:
             print(f"serve: cannot open the registry store ({type(exc).__name__})",
                   file=sys.stderr)
             return 2
+    from engine.store.db import make_engine
+
     supervisor = Supervisor(cfg, worker_args)
-    http = HttpServer(cfg.http, supervisor.registry, ready=supervisor.ready)
+    store = make_engine(cfg.database.url, pool_size=1)
+    probe = _StoreProbe(store)
+    http = HttpServer(cfg.http, supervisor.registry,
+                      ready=lambda: supervisor.ready() and probe.ok)
     try:
         supervisor.bind()
         await http.start()
@@ -315,10 +326,13 @@ async def _supervise(cfg: config_mod.Config, worker_args: Sequence[str]) -> int:
         return 2
     log.info("engine.started", mllp_port=supervisor.port, http_port=http.port,
              workers=len(supervisor.workers), database=cfg.database.url.split("://")[0])
+    probe.start()
     failed = await supervisor.run_until(stop)
     log.info("engine.stopping")
+    await probe.stop()
     await supervisor.shutdown()
     await http.shutdown()
+    store.dispose()
     if failed is not None:
         print(f"serve: {failed}", file=sys.stderr)
         return 2

@@ -23,8 +23,9 @@ The supervisor also
   in a private directory), `/healthz`, and `/readyz` (every worker up);
 - restarts a worker that dies after it was ready (a crash costs its in-flight senders one
   timeout and retransmission, which the store answers idempotently); a worker that fails
-  before it is ready (bad database URL, schema not current) stops the whole service with
-  exit status 2, since restarting cannot cure configuration;
+  before it is ready on its first start (bad database URL, schema not current) stops the
+  whole service with exit status 2, since restarting cannot cure configuration, while a
+  replacement that cannot start (the database is down just now) is retried with back-off;
 - on SIGTERM/SIGINT forwards SIGTERM, so each worker shuts down gracefully as a lone engine
   does, and kills what is left after `server.shutdown_grace_s` plus a margin.
 
@@ -58,6 +59,7 @@ log = get_logger("engine.workers")
 READY_LINE = b"ready\n"
 START_TIMEOUT_S = 120.0  # loading profiles, schedule and the store takes a few seconds
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
 KILL_MARGIN_S = 5.0
 
 
@@ -69,6 +71,7 @@ class _Worker:
     ready: bool = False
     started_at: float = 0.0
     restarts: int = 0
+    failures: int = 0  # restarts in a row that never became ready
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -202,14 +205,19 @@ class Supervisor:
         if self._stopping:
             self._changed.set()
             return
-        if not was_ready:
+        if not was_ready and worker.restarts == 0:
+            # the first start: configuration or the store is wrong, restarting cannot cure it
             self._failed = f"worker {worker.index} exited with status {code} while starting"
             log.error("worker.failed_to_start", worker=worker.index, status=code)
             self._changed.set()
             return
-        log.warning("worker.exited", worker=worker.index, pid=process.pid, status=code)
+        # A replacement that cannot start (e.g. the database is down just now) is retried with
+        # a growing pause: one crashed worker must not turn a database blip into an outage.
+        log.warning("worker.exited", worker=worker.index, pid=process.pid, status=code,
+                    was_ready=was_ready)
+        worker.failures = 0 if was_ready else worker.failures + 1
         worker.restarts += 1
-        await asyncio.sleep(RESTART_DELAY_S)
+        await asyncio.sleep(min(RESTART_DELAY_S * 2 ** worker.failures, MAX_RESTART_DELAY_S))
         if not self._stopping:
             await self._spawn(worker)
         self._changed.set()

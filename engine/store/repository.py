@@ -171,13 +171,24 @@ class Repository:
             m.MessageLog.sender == sender, m.MessageLog.replay_key == control_id)).first()
         return (row[0], bytes(row[1])) if row else None
 
-    def purge_payloads(self, older_than: datetime) -> int:
-        """Retention: drop raw message content older than a cutoff (outcome rows stay)."""
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(update(m.MessageLog).where(
-                m.MessageLog.received_at < older_than, m.MessageLog.payload.is_not(None))
-                .values(payload=None))
-            return int(getattr(result, "rowcount", 0) or 0)
+    def purge_payloads(self, older_than: datetime, batch: int = 1000) -> int:
+        """Retention: drop raw message content older than a cutoff (outcome rows stay).
+
+        In transactions of at most `batch` rows, so the first purge of a large log never
+        holds SQLite's write lock (or one huge PostgreSQL transaction) long enough to make
+        intake wait: messages keep being stored between batches."""
+        total = 0
+        while True:
+            with Session(self.engine) as session, session.begin():
+                ids = select(m.MessageLog.id).where(
+                    m.MessageLog.received_at < older_than,
+                    m.MessageLog.payload.is_not(None)).limit(batch).scalar_subquery()
+                result = session.execute(update(m.MessageLog).where(m.MessageLog.id.in_(ids))
+                                         .values(payload=None))
+                done = int(getattr(result, "rowcount", 0) or 0)
+            total += done
+            if done < batch:
+                return total
 
     # --- reads ---
 

@@ -168,6 +168,12 @@ def _short_ok(vxu: domain.Vxu) -> bool:
             or len(s.protection) > SETTING["protection"]
             or len(s.registry_status) > SETTING["registry_status"]):
         return False
+    # Matching's normalised name can be longer than the raw one (NFKD expands ligatures such
+    # as U+FDFA to 18 letters), so the raw bounds do not cover its column.
+    legal = p.legal_name
+    if any(len(normalise(getattr(legal, part))) > limit
+           for part, limit in NORMALISED_NAME.items()):
+        return False
     for v in vxu.events:
         if len(v.completion_status) > EVENT["completion_status"]:
             return False

@@ -128,3 +128,15 @@ def test_a_nul_in_the_control_id_is_refused_alike_and_replayed(registry: Registr
     assert registry.data_counts() == dict.fromkeys(registry.data_counts(), 0)
     assert registry.send(message) == first
     assert registry.counts()["message_log"] == 1
+
+
+def test_a_short_name_whose_normalised_form_is_too_long_is_refused_alike(
+        registry: Registry) -> None:
+    """14 characters, 42 bytes: within every raw bound, but NFKD makes U+FDFA 18 letters, so
+    the normalised family name matching uses (210 letters) fits no column; both backends
+    answer the same AE instead of SQLite storing it and PostgreSQL refusing it."""
+    message = vxu("N1", family="\ufdfa" * 14)
+    ack, errors = answer(registry.send(message))
+    assert ack == "AE"
+    assert ("PID^1^5^1^1", "102", "E", "4") in errors
+    assert registry.data_counts()["patient"] == 0

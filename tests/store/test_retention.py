@@ -63,3 +63,14 @@ def test_retention_days_are_configuration() -> None:
     assert config.from_mapping({}, env={}).database.payload_retention_days == 0
     with pytest.raises(ConfigError, match="payload_retention_days"):
         config.from_mapping({"database": {"payload_retention_days": -1}}, env={})
+
+
+def test_purge_works_in_batches(registry: Registry) -> None:
+    """A large backlog is purged in several short transactions, all of it."""
+    for n in range(5):
+        registry.send(vxu(f"B-{n}", mr=f"MRB{n}", family=f"Batch{'abcde'[n]}",
+                          doses=[Dose(key=f"KB{n}")]))
+    cutoff = datetime.now(UTC) + timedelta(days=1)  # everything is older than this
+    assert registry.repo.purge_payloads(cutoff, batch=2) == 5
+    assert set(_payloads(registry.url).values()) == {False}
+    assert registry.repo.purge_payloads(cutoff, batch=2) == 0
