@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +118,37 @@ def test_database_crash_mid_stream_loses_nothing_acknowledged(cluster: Cluster) 
         assert served.count("message_log") == 12
         assert served.count("patient") == 12
         assert served.count("immunization_event") == 12
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_lost_while_the_database_is_down_comes_back_with_it(cluster: Cluster) -> None:
+    """A crashed worker whose replacement cannot open the store (the database is down just
+    then) is retried, not taken for a configuration error: the service stays up, says 503,
+    and is whole again once the database returns."""
+    url = cluster.url("registry")
+    port, http_port = free_port(), free_port()
+    proc = start_serve(url, "--workers", "2", "--port", str(port), "--http-port", str(http_port))
+    served = Served(port, http_port, proc, url)
+    try:
+        served.wait_ready()
+        victim = served.workers()[0]
+        cluster.crash()
+        os.kill(victim, signal.SIGKILL)
+        served.wait_status(503)
+        time.sleep(5)  # replacements fail to start meanwhile
+        assert proc.poll() is None, "the supervisor gave up"
+        cluster.start()
+        served.wait_status(200, timeout=90)
+        assert victim not in served.workers() and len(served.workers()) == 2
+        answers = exchange(port, [vxu(400 + i, f"BACK-{i}") for i in range(4)])
+        assert [msa(a) for a in answers] == ["AA"] * 4
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
