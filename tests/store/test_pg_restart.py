@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from engine.store.migrate import upgrade
-from tests.store.wire import Served, exchange, free_port, msa, start_serve, vxu
+from tests.store.wire import Served, exchange, free_port, msa, start_serve, stop_serve, vxu
 
 BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
@@ -119,12 +119,7 @@ def test_database_crash_mid_stream_loses_nothing_acknowledged(cluster: Cluster) 
         assert served.count("patient") == 12
         assert served.count("immunization_event") == 12
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 @pytest.mark.timeout(240)
@@ -150,9 +145,4 @@ def test_a_worker_lost_while_the_database_is_down_comes_back_with_it(cluster: Cl
         answers = exchange(port, [vxu(400 + i, f"BACK-{i}") for i in range(4)])
         assert [msa(a) for a in answers] == ["AA"] * 4
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)

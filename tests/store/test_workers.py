@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from tests.store.wire import EB, SB, Served, exchange, free_port, msa, start_serve, vxu
+from tests.store.wire import EB, SB, Served, exchange, free_port, msa, start_serve, stop_serve, vxu
 
 
 @pytest.fixture
@@ -33,13 +33,7 @@ def served(database_url: str) -> Iterator[Served]:
         s.wait_ready()
         yield s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc)
 
 
 @pytest.mark.timeout(180)
@@ -175,9 +169,4 @@ def test_mutual_tls_connections_are_adopted_by_the_workers(
                      "--tls-ca", str(certs / "ca.pem")]) != 0
         assert served.count("message_log") == 4
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -116,3 +117,15 @@ def start_serve(url: str, *extra: str, stderr: int = subprocess.DEVNULL) -> subp
         [sys.executable, "-m", "engine", "serve", "--database-url", url, *extra],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
         env={**os.environ, "IZ_ENGINE_DATABASE_URL": ""})
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (graceful), then kill if it has not exited within 30 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
