@@ -14,16 +14,12 @@ shared machine inflates them less than wall time; compare stages within one run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 
-from sqlalchemy import create_engine, make_url, text
-
-from bench.vxu import make_messages
+from bench.vxu import fresh_postgres, make_messages
 from engine.config import Config
 from engine.handlers import build_handlers
 from engine.hl7.er7 import parse
@@ -32,7 +28,6 @@ from engine.observability import logging as obs_logging
 from engine.observability.metrics import Metrics
 from engine.pipeline import Pipeline
 from engine.responses import ResponseBuilder
-from engine.store.migrate import upgrade
 from engine.validation import Validator
 
 TODAY = date(2025, 6, 1)
@@ -66,23 +61,6 @@ def pipeline_cost(url: str, messages: list[bytes]) -> tuple[float, float]:
         bundle.close()
 
 
-@contextlib.contextmanager
-def fresh_postgres(server_url: str) -> Iterator[str]:
-    """A new, migrated database on `server_url`'s server, dropped afterwards."""
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"iz_stages_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--messages", type=int, default=1500)
@@ -111,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu, wall = pipeline_cost(f"sqlite:///{tmp}/stages.sqlite3", messages)
         print(f"  {'pipeline, SQLite':22s} {cpu:9.1f} us  (wall {wall:.1f} us)")
     if args.postgres_url:
-        with fresh_postgres(args.postgres_url) as url:
+        with fresh_postgres(args.postgres_url, "iz_stages") as (url, _name):
             cpu, wall = pipeline_cost(url, messages)
         print(f"  {'pipeline, PostgreSQL':22s} {cpu:9.1f} us  (wall {wall:.1f} us, "
               "this process only)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +283,28 @@ def run_server(cmd: list[str], port: int, messages: list[bytes], connections: in
         proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def fresh_postgres(server_url: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """(URL, name) of a new, migrated database on `server_url`'s server, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from engine.store.migrate import upgrade
+
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url, name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--messages", type=int, default=3000)
@@ -302,11 +326,6 @@ def main(argv: list[str] | None = None) -> int:
         serve_engine(args.serve[0], int(args.serve[1]), int(args.serve[2]),
                      int(args.serve[3]))
         return 0
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from engine.store.migrate import upgrade
 
     results: dict[str, dict[str, object]] = {}
     port = free_port()
@@ -332,24 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     for workers in counts:
         if args.skip_postgres:
             break
-        admin = create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
-        name = f"iz_bench_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(args.postgres_url).set(database=name).render_as_string(
-            hide_password=False)
-        try:
-            upgrade(url)
+        with fresh_postgres(args.postgres_url, "iz_bench") as (url, name):
             port = free_port()
             with tempfile.TemporaryDirectory() as tmp:
                 results[row("PostgreSQL", workers)] = run_server(
                     engine_cmd(url, port, workers, tmp), port,
                     make_messages(args.messages, f"P{uuid.uuid4().hex[:6]}"),
                     args.connections, database=name)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
 
     for workers in counts:
         if args.skip_sqlite:

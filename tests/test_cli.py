@@ -17,6 +17,7 @@ import pytest
 
 from engine.cli import main
 from tests.conftest import MESSAGES, REPO, SHARED, needs_shared
+from tests.store.wire import stop_serve
 
 SAMPLES = REPO / "sample_messages"
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text(encoding="utf-8"))
@@ -55,13 +56,7 @@ def engine_server(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[b
         _wait_for_port(port, proc)
         yield port, http_port, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc)
 
 
 def _send(port: int, *paths: Path) -> list[dict[str, object]]:
