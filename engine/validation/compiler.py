@@ -30,9 +30,16 @@ _STATE_CODE = re.compile(r"[A-Z]{2,3}\d{2}")  # "***" in HL70064_IZ: state-speci
 _PLACEHOLDER = re.compile(r"[nxz]{3,}")
 
 
+_CLASSES = {"n": r"\d", "x": "[A-Z]", "z": "[A-Za-z0-9]"}
+
+
+def _classes(m: re.Match[str]) -> str:
+    text: str = m.group(0)
+    return "".join(_CLASSES[c] for c in text)
+
+
 def _placeholder(code: str) -> str:
-    return re.sub(r"[nxz]{3,}", lambda m: "".join(
-        {"n": r"\d", "x": "[A-Z]", "z": "[A-Za-z0-9]"}[c] for c in m.group(0)), re.escape(code))
+    return _PLACEHOLDER.sub(_classes, re.escape(code))
 
 
 @dataclass(frozen=True, slots=True)
