@@ -32,6 +32,10 @@ segments) come straight back after a clear.
 
 The plan is a conservative filter, never the judge: a segment is clean only when the full
 field-by-field check in `engine.validation.validator` would report nothing and change nothing.
+For a segment that is not clean, `suspects()` names the fields that check must visit (those
+failing their test, broken conditional fields, OBX-5 when OBX-2's type does not pass, what no
+test settles): a field passing its test would find nothing there, as the same reasoning per
+field says (tests/validation/test_slow_path.py compares with the check of every field).
 Anything else (a finding, an escape sequence, other delimiters, a 29 February) goes to that
 full check, which alone writes findings (tests/validation/test_memo.py checks this). The
 calendar patterns therefore only accept dates that are valid in every year; a leap day takes
@@ -82,12 +86,14 @@ Verdict = tuple[bool, tuple[int, ...]]  # (clean, indexes of failing segment sta
 
 # Memo bounds. A registry sees millions of distinct ids, names and dates, so every memo is a
 # dict that is cleared when it reaches its size, and long keys are never kept: at most
-# SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan, and FIELD_MEMO keys of
+# SEGMENT_MEMO segment texts of up to MEMO_TEXT characters per plan (for `verdict` and for
+# `suspects`, whose values are tuples of the plan's own rules), and FIELD_MEMO keys of
 # up to FIELD_TEXT characters per field test, composite test, statement group, plan outcome
 # or validator memo. Worst case for the 28 inbound plans (518 field-test memos, 20 composite,
 # 59 statement-group and 13 outcome memos, 24 OBX-5 cases) and the validator's memos: about
-# 28 * 1024 * 0.6 kB + 640 * 256 * 0.25 kB = 17 + 41 MB (+ 3 MB of group statement keys);
-# real keys are far shorter (codes, short segments).
+# 2 * 28 * 1024 * 0.6 kB + 640 * 256 * 0.25 kB = 34 + 41 MB (+ 3 MB of group statement keys);
+# real keys are far shorter (codes, short segments), and the suspect memo's keys are mostly
+# the very strings the verdict memo holds (a segment that is not clean is in both).
 SEGMENT_MEMO = 1024
 MEMO_TEXT = 512
 FIELD_MEMO = 256
@@ -306,6 +312,13 @@ class SegmentPlan:
     outcomes: dict[object, Outcomes] = field(default_factory=dict, compare=False,
                                                         repr=False)
     memo: dict[str, Verdict] = field(default_factory=dict, compare=False, repr=False)
+    # the slow path (`suspects`): the segment's field rules in the order the full check
+    # visits them, the fields it always checks (no field test proves them finding-free) and
+    # the memo of the rules to check per segment text
+    rules: tuple[FieldRule, ...] = ()
+    always: frozenset[int] = frozenset()
+    suspect_memo: dict[str, tuple[FieldRule, ...]] = field(default_factory=dict,
+                                                          compare=False, repr=False)
 
     def verdict(self, raw: str, fields: list[str]) -> Verdict:
         """(clean?, failing segment statements) of a default-delimiter segment.
@@ -324,31 +337,71 @@ class SegmentPlan:
         if got is not None:
             return got
         failing: tuple[int, ...] = ()
-        count = len(fields)
         ok = True
         if self.pick is not None:
-            key = self.pick(fields) if self.reads[-1] < count else tuple(
-                fields[n] if n < count else "" for n in self.reads)
-            every = self.outcomes.get(key)
-            if every is None:
-                every = self._outcomes(fields, count)
-                size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
-                if size <= FIELD_TEXT:
-                    remember(self.outcomes, key, every, FIELD_MEMO)
-            failing, valued, blank = every
+            failing, valued, blank = self._every(fields)
             # conditional fields: R ones must be valued, X ones blank
-            for n in valued:
-                value = fields[n] if n < count else ""
-                if not value or not value.strip(BLANK):
-                    ok = False
-            for n in blank:
-                value = fields[n] if n < count else ""
-                if value and value.strip(BLANK):
-                    ok = False
+            ok = not _conditionals_off(fields, valued, blank)
         got = (ok and self.clean_fields(fields), failing)
         if len(raw) <= MEMO_TEXT:
             remember(memo, raw, got, SEGMENT_MEMO)
         return got
+
+    def suspects(self, raw: str, fields: list[str]) -> tuple[FieldRule, ...]:
+        """The field rules the full check must visit for a default-delimiter segment that
+        `verdict` did not call clean, in the order it visits them: the others would find
+        nothing and change nothing there.
+
+        A field's full check (usage, repetitions, length, formats, value sets, components,
+        datatype statements) depends only on its own text, and its field test accepts only
+        text on which that check finds nothing, so a field passing its test is skipped. What
+        a field test does not settle is always visited (`always`: MSH-1/2, a field
+        whose datatype statement has no component-list form); a C field is also visited when
+        its predicate makes it R while empty or X while valued (the statement groups'
+        outcomes), OBX-5 when the type OBX-2 names does not pass (`_dynamic_clean`).
+        Remembered per segment text like `verdict`.
+        """
+        memo = self.suspect_memo
+        got = memo.get(raw)
+        if got is not None:
+            return got
+        count = len(fields)
+        bad = set(self.always)
+        if self.pick is not None:
+            _failing, valued, blank = self._every(fields)
+            bad.update(_conditionals_off(fields, valued, blank))
+        for n, pattern, check, known, required in self.fields:
+            if n >= count:
+                if required:
+                    bad.add(n)
+                continue
+            text = fields[n]
+            if not text:
+                if required:
+                    bad.add(n)
+                continue
+            if not _passes(pattern, check, known, text):
+                bad.add(n)
+        if self.dynamic is not None and not self._dynamic_clean(fields):
+            bad.add(self.dynamic[0])
+        got = tuple([r for r in self.rules if r.n in bad])
+        if len(raw) <= MEMO_TEXT:
+            remember(memo, raw, got, SEGMENT_MEMO)
+        return got
+
+    def _every(self, fields: list[str]) -> Outcomes:
+        """Every statement group's outcome (remembered per texts of the fields they read)."""
+        assert self.pick is not None
+        count = len(fields)
+        key = self.pick(fields) if self.reads[-1] < count else tuple(
+            fields[n] if n < count else "" for n in self.reads)
+        every = self.outcomes.get(key)
+        if every is None:
+            every = self._outcomes(fields, count)
+            size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
+            if size <= FIELD_TEXT:
+                remember(self.outcomes, key, every, FIELD_MEMO)
+        return every
 
     def _outcomes(self, fields: list[str], count: int) -> Outcomes:
         """The groups' outcomes (each remembered per text of the fields it reads), as
@@ -393,13 +446,7 @@ class SegmentPlan:
                 if required:
                     return False
                 continue
-            ok = known.get(text)
-            if ok is None:
-                ok = pattern.fullmatch(text) is not None and (
-                    check is None or not text or check(text))
-                if len(text) <= FIELD_TEXT:
-                    remember(known, text, ok, FIELD_MEMO)
-            if not ok:
+            if not _passes(pattern, check, known, text):
                 return False
         if self.dynamic is not None:
             return self._dynamic_clean(fields)
@@ -423,6 +470,33 @@ class SegmentPlan:
             return True  # an unknown OBX-2 is reported by its own value set, not here
         pattern, check = case
         return pattern.fullmatch(raw) is not None and (check is None or check(raw))
+
+
+def _passes(pattern: re.Pattern[str], check: FieldCheck | None, known: dict[str, bool],
+            text: str) -> bool:
+    """One valued field's test: its pattern and coded test, remembered per field text."""
+    ok = known.get(text)
+    if ok is None:
+        ok = pattern.fullmatch(text) is not None and (check is None or check(text))
+        if len(text) <= FIELD_TEXT:
+            remember(known, text, ok, FIELD_MEMO)
+    return ok
+
+
+def _conditionals_off(fields: list[str], valued: tuple[int, ...], blank: tuple[int, ...]
+                      ) -> list[int]:
+    """The conditional fields whose predicate is broken: R ones empty, X ones valued."""
+    count = len(fields)
+    off: list[int] = []
+    for n in valued:
+        value = fields[n] if n < count else ""
+        if not value or not value.strip(BLANK):
+            off.append(n)
+    for n in blank:
+        value = fields[n] if n < count else ""
+        if value and value.strip(BLANK):
+            off.append(n)
+    return off
 
 
 def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule, ...]],
@@ -483,12 +557,20 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
         dynamic = (n, ref, r.max, cases)
     groups = _statement_groups(rules.statements, conditional)
     reads = tuple(sorted({n for group in groups for n in group[0]}))
+    # fields the slow path always checks: no field test (MSH-1/2), a rule shadowed by
+    # another of the same number, a datatype statement without its component-list form
+    tested = {t[0] for t in tests}
+    always = frozenset(
+        r.n for r in rules.fields
+        if r.n not in tested or by_n[r.n] is not r
+        or any(st.check is not None and st.parts_check is None
+               for st in datatype_statements.get(r.flavour, ())))
     return SegmentPlan(fields=tuple(tests), last_required=last_required,
                        reads=reads, pick=operator.itemgetter(*reads) if reads else None,
                        head=(2, D.encoding_characters) if msh else (0, rules.id),
                        dynamic=dynamic,
                        native=any(st.check is None for st in rules.statements),
-                       statements=groups)
+                       statements=groups, rules=rules.fields, always=always)
 
 
 def _statement_groups(statements: tuple[Statement, ...],

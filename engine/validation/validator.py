@@ -17,7 +17,11 @@ Execution (what runs per message, and why it is cheap when the message is clean)
   values, group instances with statements and what those read, OBX numbering...);
 - fields: each placed segment is first offered to its compiled `plan.SegmentPlan` (per-field
   regular expressions plus value-set/predicate closures); only a segment the plan cannot call
-  clean goes through the field-by-field check below, which alone creates findings;
+  clean goes through the field-by-field check below, which alone creates findings, and only
+  on the fields that can have some (`SegmentPlan.suspects`: those failing their field test,
+  conditional fields whose predicate is broken...; a field passing its test would find
+  nothing there). `Validator(full_check=True)` checks every field of every segment instead:
+  the tests' reference (tests/validation/test_slow_path.py);
 - statements and predicates are closures over the segment's raw field list with the path
   resolved at load (`paths`), evaluated check-first (the guard only matters on failure); a
   message the plans found clean only has its SetID statements and group statements left;
@@ -27,20 +31,23 @@ Execution (what runs per message, and why it is cheap when the message is clean)
   or, for a path stopping at a segment or group that only Presence reads, whether its
   segments are valued) when they read more than two fields (IZ-23; IZ-45 reads ORC-3, new in
   every message, and is cheaper evaluated), the RXA code rules and IZ-24's condition per
-  RXA-5/9/17/20 texts, OBX-1/3/4 values per OBX text, and dates per text. All are pure
+  RXA-5/9/17/20 texts, OBX-1/3/4 values per OBX text, dates per text; and, whatever the
+  delimiters, one shared (immutable) Issue per distinct finding (`_Run.report`). All are pure
   functions of their key, so a result never depends on what was validated before
   (tests/validation/test_memo.py). Senders repeat coded values and whole segments (RXR,
   funding/VIS OBX, PD1) while ids, names and dates differ, so a new message costs mostly
   look-ups plus the regular expressions of its new field values. A message without findings
   shares one immutable result per profile.
   Bounds: each memo is a dict cleared when full - plan.SEGMENT_MEMO (1024) segment texts
-  of up to plan.MEMO_TEXT (512) characters per plan and for the OBX memo; plan.FIELD_MEMO
-  (256) keys of up to plan.FIELD_TEXT (128) characters per field test / composite test /
-  statement group / plan outcome / group statement / RXA / date memo (group statement keys:
-  up to GROUP_TEXT, 2048) - about 60 MB in the worst case (see plan.py), far less with real
-  keys. Look-ups and stores are single dict operations (`.get`, never `in` then `[...]`), so
-  a thread pool sharing one Validator stays correct under the GIL: a clear racing a look-up
-  only costs a recomputation.
+  of up to plan.MEMO_TEXT (512) characters per plan (verdicts, suspects) and for the OBX
+  memo, SEGMENT_MEMO findings for the Issue memo (short texts: names, descriptions and codes
+  cut to 20 characters, never data values); plan.FIELD_MEMO (256) keys of up to
+  plan.FIELD_TEXT (128) characters per field test / composite test / statement group / plan
+  outcome / group statement / RXA / date memo (group statement keys: up to GROUP_TEXT,
+  2048) - about 80 MB in the worst case (see plan.py), far less with real keys. Look-ups and
+  stores are single dict operations (`.get`, never `in` then `[...]`), so a thread pool
+  sharing one Validator stays correct under the GIL: a clear racing a look-up only costs a
+  recomputation.
 
 Decisions (written down because nobody else will):
 - MSH is never "rejected": MSH-9/11/12 are the pipeline's accept checks; other empty R fields
@@ -105,6 +112,7 @@ ACCEPTED, APPLICATION_ERROR = 0, 999
 ILLOGICAL_DATE, INVALID_DATE, ILLOGICAL_VALUE, INVALID_VALUE = 1, 2, 3, 4
 TABLE_NOT_FOUND, REQUIRED_DATA_MISSING, DATA_IGNORED = 5, 7, 8
 
+_SEVERITIES = {s.value: s for s in Severity}
 # Positions where a generic usage finding has a more specific, stable rule id.
 RULE_ALIASES = {("RXA", 18): "business.refusal_without_reason"}
 _NONE: frozenset[int] = frozenset()
@@ -434,6 +442,25 @@ class _Run(_State):
         self.failing: dict[int, tuple[int, ...]] | None = None
         self.vis_due: dict[int, bool] = {}  # RXA index -> IZ-24 applies (see _rxa)
 
+    def report(self, i: int, key_field: int, code: int, sev: Severity, at: tuple[int, int, int],
+               text: str, app: int | None, rule: str) -> None:
+        """`add` a finding at (field, repetition, component) `at` of segment `i`.
+
+        Issues are immutable values, and a sender repeats its mistakes (the same empty field
+        or missing component in every message), so one Issue per distinct finding is shared
+        through the validator's bounded memo instead of being built anew (its Location too).
+        """
+        sid, seq = self.ids[i], self.seq[i]
+        fld, rep, comp = at
+        # the severity as flags: an Enum hashes through a Python-level __hash__
+        key = (code, sev is E, sev is W, sid, seq, fld, rep, comp, text, app, rule)
+        memo = self.v.issue_memo
+        issue = memo.get(key)
+        if issue is None:
+            issue = Issue(code, sev, Location(sid, seq, fld, rep, comp), text, app, rule)
+            remember(memo, key, issue, SEGMENT_MEMO)
+        self.found.append(((i, key_field, len(self.found)), issue))
+
     # -- fields --------------------------------------------------------------------------
     def fields(self) -> None:
         segs = self.segs
@@ -443,35 +470,53 @@ class _Run(_State):
                 self._segment(i, rules)
             return
         failing = self.failing = {}
+        full = self.v.full_check
         for i, rules, plan in self.shape.checks:
             seg = segs[i]
             got = plan.memo.get(seg.raw)  # plan.verdict's first step, inlined
             clean, bad = got if got is not None else plan.verdict(seg.raw, seg.fields)
             if bad:
                 failing[i] = bad
-            if not clean:
+            if full:
                 self._segment(i, rules)
+            elif not clean:
+                # only the fields that can have findings (the others pass their field test)
+                suspects = plan.suspects(seg.raw, seg.fields)
+                if suspects:
+                    self._segment(i, rules, suspects)
 
     @staticmethod
-    def _usage(rule: FieldRule | ComponentRule, context: list[str] | str, d: Delimiters) -> str:
+    def _usage(rule: FieldRule | ComponentRule, context: list[str] | str, d: Delimiters,
+               decisive: tuple[str, ...] = ("R", "X")) -> str:
         """The usage in force: a C element's predicate over its segment's fields (FieldRule)
-        or over the raw repetition it is a component of (ComponentRule)."""
+        or over the raw repetition it is a component of (ComponentRule).
+
+        The caller tells only the `decisive` usages apart from the others (a field check: R
+        and X; a component check: R), so a predicate that yields none of them either way is
+        not evaluated, and "O" stands for its outcome (as in the plans, which skip those).
+        """
         if rule.usage != "C":
             return rule.usage
         if rule.predicate is None:
             return "O"
         cond, true_usage, false_usage = rule.predicate
+        if true_usage not in decisive and false_usage not in decisive:
+            return "O"
         return true_usage if cond(context, d) else false_usage
 
-    def _segment(self, i: int, rules: SegmentRules) -> None:
+    def _segment(self, i: int, rules: SegmentRules,
+                 only: tuple[FieldRule, ...] | None = None) -> None:
+        """The full field-by-field check of segment `i`: of every field rule, or of `only`
+        (a subsequence of `rules.fields`: the other fields would find nothing)."""
         seg = self.segs[i]
         d = seg.delimiters
         fields = seg.fields
         sid = seg.id
-        nfields = seg.field_count
+        count = len(fields)
         blank = d.component + d.subcomponent + d.repetition
-        for r in rules.fields:
-            raw = seg.field(r.n) if r.n <= nfields else ""
+        visit = rules.fields if only is None else only
+        for r in visit:
+            raw = fields[r.n] if 0 < r.n < count else ""  # seg.field(r.n)
             if not raw or (not raw.strip(blank) and not (sid == "MSH" and r.n <= 2)):
                 # an empty field matters only if it is (or may become) R
                 if r.usage not in ("R", "C"):
@@ -480,31 +525,31 @@ class _Run(_State):
                 if usage == "R":
                     rule = r.rule or RULE_ALIASES.get((sid, r.n)) or (
                         "usage.C" if r.usage == "C" else "usage.R")
-                    self.add(i, r.n, REQUIRED_MISSING, E, self.loc(i, r.n),
-                             f"{sid}-{r.n} ({r.name}) is required but empty"
-                             + (": segment rejected" if sid != "MSH" else ""),
-                             REQUIRED_DATA_MISSING, rule)
+                    self.report(i, r.n, REQUIRED_MISSING, E, (r.n, 0, 0),
+                                f"{sid}-{r.n} ({r.name}) is required but empty"
+                                + (": segment rejected" if sid != "MSH" else ""),
+                                REQUIRED_DATA_MISSING, rule)
                     if sid != "MSH":
                         self.r_empty.setdefault(i, r.n)
                 continue
             usage = self._usage(r, fields, d)
             if usage == "X":
                 self.emptied.add((i, r.n))
-                self.add(i, r.n, ACCEPTED, W, self.loc(i, r.n),
-                         f"{sid}-{r.n} ({r.name}) is not supported (usage X): data ignored",
-                         DATA_IGNORED, r.rule or "usage.X")
+                self.report(i, r.n, ACCEPTED, W, (r.n, 0, 0),
+                            f"{sid}-{r.n} ({r.name}) is not supported (usage X): data ignored",
+                            DATA_IGNORED, r.rule or "usage.X")
                 continue
             if sid == "MSH" and r.n <= 2:
                 continue
             reps = raw.split(d.repetition)
             if r.max and len(reps) > r.max:
-                self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, r.max + 1),
-                         f"{sid}-{r.n} ({r.name}) allows {r.max} repetition(s), "
-                         f"{len(reps)} sent: extra repetitions ignored", DATA_IGNORED,
-                         "cardinality")
+                self.report(i, r.n, DATATYPE_ERROR, W, (r.n, r.max + 1, 0),
+                            f"{sid}-{r.n} ({r.name}) allows {r.max} repetition(s), "
+                            f"{len(reps)} sent: extra repetitions ignored", DATA_IGNORED,
+                            "cardinality")
                 reps = reps[:r.max]
             self._field(i, seg, r, usage, reps, rules)
-        self._datatype_statements(i, seg, rules)
+        self._datatype_statements(i, seg, visit)
 
     def _field(self, i: int, seg: Segment, r: FieldRule, usage: str, reps: list[str],
                rules: SegmentRules) -> None:
@@ -525,9 +570,9 @@ class _Run(_State):
             if not comps:
                 value = unescape(rep, d) if d.escape in rep else rep
                 if r.maxlen and len(value) > r.maxlen:
-                    self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, rep_no),
-                             f"{sid}-{r.n} ({r.name}) is longer than {r.maxlen} characters",
-                             INVALID_VALUE, "length")
+                    self.report(i, r.n, DATATYPE_ERROR, W, (r.n, rep_no, 0),
+                                f"{sid}-{r.n} ({r.name}) is longer than {r.maxlen} characters",
+                                INVALID_VALUE, "length")
                 fmt = FORMATS.get(datatype)
                 if fmt is not None and not fmt[0](value):
                     bad = (DATATYPE_ERROR, fmt[1],
@@ -537,10 +582,10 @@ class _Run(_State):
                            f"{sid}-{r.n} ({r.name}) code '{_code(value)}' is not in "
                            f"{r.binding_id}", 0)
             else:
-                bad = self._components(i, seg, r, rep_no, comps)
+                bad = self._components(i, seg, r, rep_no, rep, comps)
                 if bad is None and r.binding is not None:
-                    cval = seg.value(r.n, 1, 1, rep_no)
-                    system = seg.value(r.n, 3, 1, rep_no)
+                    cval = _leaf(rep, 1, d)  # seg.value(r.n, 1, 1, rep_no)
+                    system = _leaf(rep, 3, d)
                     # a stray blank around a code is a typing slip, not another code
                     if cval.strip() and not r.binding(cval.strip(), system.strip()):
                         bad = (TABLE_VALUE, TABLE_NOT_FOUND,
@@ -550,19 +595,21 @@ class _Run(_State):
                 code, app, text, comp = bad
                 required = usage == "R" and sid != "MSH"
                 if text:
-                        self.add(i, r.n, code, E if required else W,
-                             self.loc(i, r.n, rep_no, comp), text + (
-                                 "" if required else ": data ignored"), app,
-                             "valueset" if code == TABLE_VALUE else "datatype")
+                    self.report(i, r.n, code, E if required else W, (r.n, rep_no, comp),
+                                text + ("" if required else ": data ignored"), app,
+                                "valueset" if code == TABLE_VALUE else "datatype")
                 self.empty_field(i, r.n, usage, code)
                 return
 
-    def _components(self, i: int, seg: Segment, r: FieldRule, rep_no: int,
+    def _components(self, i: int, seg: Segment, r: FieldRule, rep_no: int, rep: str,
                     comps: tuple[ComponentRule, ...]) -> tuple[int, int, str, int] | None:
+        """Component checks of repetition `rep_no` (raw text `rep`) of field `r`."""
         sid = seg.id
-        parts = seg.components(r.n, rep_no)
-        rep = seg.repetitions(r.n)[rep_no - 1]
         d = seg.delimiters
+        # seg.components(r.n, rep_no), from the repetition's text at hand
+        parts = rep.split(d.component)
+        if d.escape in rep:
+            parts = [unescape(part, d) for part in parts]
         sub = d.subcomponent
         for c in comps:
             text = parts[c.n - 1] if c.n <= len(parts) else ""
@@ -570,38 +617,38 @@ class _Run(_State):
             if not text.strip(sub):
                 if c.usage not in ("R", "C"):
                     continue
-                if self._usage(c, rep, d) == "R":
-                    sev = Severity(c.severity)
-                    self.add(i, r.n, REQUIRED_MISSING, sev, self.loc(i, r.n, rep_no, c.n),
-                             f"{sid}-{r.n}.{c.n} ({c.name}) is required when {sid}-{r.n} "
-                             "is valued", REQUIRED_DATA_MISSING, c.rule)
+                if self._usage(c, rep, d, ("R",)) == "R":
+                    sev = _SEVERITIES[c.severity]
+                    self.report(i, r.n, REQUIRED_MISSING, sev, (r.n, rep_no, c.n),
+                                f"{sid}-{r.n}.{c.n} ({c.name}) is required when {sid}-{r.n} "
+                                "is valued", REQUIRED_DATA_MISSING, c.rule)
                     if sev is E:
                         return (REQUIRED_MISSING, REQUIRED_DATA_MISSING, "", c.n)
                 continue
             if c.maxlen and len(value) > c.maxlen:
-                self.add(i, r.n, DATATYPE_ERROR, W, self.loc(i, r.n, rep_no, c.n),
-                         f"{sid}-{r.n}.{c.n} ({c.name}) is longer than {c.maxlen} characters",
-                         INVALID_VALUE, "length")
+                self.report(i, r.n, DATATYPE_ERROR, W, (r.n, rep_no, c.n),
+                            f"{sid}-{r.n}.{c.n} ({c.name}) is longer than {c.maxlen} "
+                            "characters", INVALID_VALUE, "length")
             fmt = FORMATS.get(c.datatype)
             if fmt is not None and not fmt[0](value):
                 return (DATATYPE_ERROR, fmt[1],
                         f"{sid}-{r.n}.{c.n} ({c.name}) is not a valid {c.datatype} value", c.n)
             if c.binding is not None and not c.binding(value.strip(), ""):
-                self.add(i, r.n, TABLE_VALUE, W, self.loc(i, r.n, rep_no, c.n),
-                         f"{sid}-{r.n}.{c.n} ({c.name}) code '{_code(value)}' is not in "
-                         f"{c.binding_id}", TABLE_NOT_FOUND, "valueset.component")
+                self.report(i, r.n, TABLE_VALUE, W, (r.n, rep_no, c.n),
+                            f"{sid}-{r.n}.{c.n} ({c.name}) code '{_code(value)}' is not in "
+                            f"{c.binding_id}", TABLE_NOT_FOUND, "valueset.component")
         return None
 
     def empty_field(self, i: int, fld: int, usage: str, code: int) -> None:
         """Treat a field as empty; for an R field, record the 101 step and reject the segment."""
         self.emptied.add((i, fld))
-        if usage != "R" or self.segs[i].id == "MSH":
+        sid = self.ids[i]
+        if usage != "R" or sid == "MSH":
             return
-        sid = self.segs[i].id
         if code != REQUIRED_MISSING:
-            self.add(i, fld, REQUIRED_MISSING, E, self.loc(i, fld),
-                     f"{sid}-{fld} is required and now empty: segment rejected",
-                     REQUIRED_DATA_MISSING, "propagation.field")
+            self.report(i, fld, REQUIRED_MISSING, E, (fld, 0, 0),
+                        f"{sid}-{fld} is required and now empty: segment rejected",
+                        REQUIRED_DATA_MISSING, "propagation.field")
         self.r_empty.setdefault(i, fld)
 
     # -- statements ----------------------------------------------------------------------
@@ -613,19 +660,22 @@ class _Run(_State):
             code, app = TABLE_VALUE, INVALID_VALUE
         else:
             code, app = APPLICATION_ERROR, ILLOGICAL_VALUE
-        loc = self.loc(i, fld, rep, comp)
-        if any(x.location.segment == loc.segment and x.location.sequence == loc.sequence
-               and x.location.field == fld and x.code in (code, DATATYPE_ERROR)
-               for _, x in self.found):
-            return  # the datatype check already said so
-        self.add(i, fld, code, W, loc, f"{st.id}: {st.description}", app, st.id)
+        sid, seq = self.ids[i], self.seq[i]
+        for _key, x in self.found:
+            at = x.location
+            if at.field == fld and at.sequence == seq and at.segment == sid and x.code in (
+                    code, DATATYPE_ERROR):
+                return  # the datatype check already said so
+        self.report(i, fld, code, W, (fld, rep, comp), f"{st.id}: {st.description}", app,
+                    st.id)
 
-    def _datatype_statements(self, i: int, seg: Segment, rules: SegmentRules) -> None:
+    def _datatype_statements(self, i: int, seg: Segment, visit: tuple[FieldRule, ...]
+                             ) -> None:
         dts = self.p.datatype_statements
         if not dts:
             return
         d = seg.delimiters
-        for r in rules.fields:
+        for r in visit:
             sts = dts.get(r.flavour)
             if not sts or (i, r.n) in self.emptied:
                 continue
@@ -755,10 +805,10 @@ class _Run(_State):
                 and leaf(s, 5) in self.v.vis_vaccines)
 
     def _vis_issue(self, rxa: int) -> None:
-        self.add(rxa, 10**5, APPLICATION_ERROR, W, self.loc(rxa, 5),
-                 "IZ-24: administered vaccine has no complete VIS observation set "
-                 "(69764-9 + 29769-7, or 30956-7 + 29768-9 + 29769-7)",
-                 6, "IZ-24")
+        self.report(rxa, 10**5, APPLICATION_ERROR, W, (5, 0, 0),
+                    "IZ-24: administered vaccine has no complete VIS observation set "
+                    "(69764-9 + 29769-7, or 30956-7 + 29768-9 + 29769-7)",
+                    6, "IZ-24")
 
     def _obx_set_ids(self) -> None:
         """NIST-01: OBX-1 numbered 1.. through the message or restarting in each group."""
@@ -770,9 +820,9 @@ class _Run(_State):
             return
         for i, got, want in zip(obx, ids, self.shape.obx_restart, strict=True):
             if got and got != want:
-                self.add(i, 1, APPLICATION_ERROR, W, self.loc(i, 1),
-                         "NIST-01: OBX-1 is not numbered sequentially from 1 "
-                         "(per message or per group)", ILLOGICAL_VALUE, "NIST-01")
+                self.report(i, 1, APPLICATION_ERROR, W, (1, 0, 0),
+                            "NIST-01: OBX-1 is not numbered sequentially from 1 "
+                            "(per message or per group)", ILLOGICAL_VALUE, "NIST-01")
                 return
 
     # -- business rules (Z22) ------------------------------------------------------------
@@ -785,16 +835,16 @@ class _Run(_State):
             s = self.segs[pid]
             dob = _to_date(self.leaf(s, 7))
             if dob is not None and dob > self.today:
-                self.add(pid, 7, REQUIRED_MISSING, E, self.loc(pid, 7),
-                         "Birth date (PID-7) is after today: patient rejected", ILLOGICAL_DATE,
-                         "business.dob_future")
+                self.report(pid, 7, REQUIRED_MISSING, E, (7, 0, 0),
+                            "Birth date (PID-7) is after today: patient rejected", ILLOGICAL_DATE,
+                            "business.dob_future")
                 self.empty_field(pid, 7, "R", REQUIRED_MISSING)
                 dob = None
             death = _to_date(self.leaf(s, 29))
             if dob is not None and death is not None and death < dob:
-                self.add(pid, 29, APPLICATION_ERROR, W, self.loc(pid, 29),
-                         "Death date (PID-29) is before the birth date: ignored",
-                         ILLOGICAL_DATE, "business.death_before_birth")
+                self.report(pid, 29, APPLICATION_ERROR, W, (29, 0, 0),
+                            "Death date (PID-29) is before the birth date: ignored",
+                            ILLOGICAL_DATE, "business.death_before_birth")
                 self.emptied.add((pid, 29))
         for i, sid, inst in self.shape.rxa_orc:
             if i in self.dropped:
@@ -809,14 +859,14 @@ class _Run(_State):
         if (i, 3) not in self.emptied:
             when = _to_date(self.leaf(s, 3))
             if when is not None and self.today is not None and when > self.today:
-                self.add(i, 3, REQUIRED_MISSING, E, self.loc(i, 3),
-                         "Vaccination date (RXA-3) is in the future: dose rejected",
-                         ILLOGICAL_DATE, "business.vaccination_date_future")
+                self.report(i, 3, REQUIRED_MISSING, E, (3, 0, 0),
+                            "Vaccination date (RXA-3) is in the future: dose rejected",
+                            ILLOGICAL_DATE, "business.vaccination_date_future")
                 self.empty_field(i, 3, "R", REQUIRED_MISSING)
             elif when is not None and dob is not None and when < dob:
-                self.add(i, 3, REQUIRED_MISSING, E, self.loc(i, 3),
-                         "Vaccination date (RXA-3) is before the birth date: dose rejected",
-                         ILLOGICAL_DATE, "business.vaccination_before_birth")
+                self.report(i, 3, REQUIRED_MISSING, E, (3, 0, 0),
+                            "Vaccination date (RXA-3) is before the birth date: dose rejected",
+                            ILLOGICAL_DATE, "business.vaccination_before_birth")
                 self.empty_field(i, 3, "R", REQUIRED_MISSING)
         if (i, 5) in self.emptied:
             return
@@ -835,21 +885,21 @@ class _Run(_State):
             cvx, status, mvx, ndc, vis = got
         self.vis_due[i] = vis
         if status:
-            self.add(i, 5, APPLICATION_ERROR, E, self.loc(i, 5, 1, 1),
-                     f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
-                     "dose", INVALID_VALUE, "business.cvx_not_administrable")
+            self.report(i, 5, APPLICATION_ERROR, E, (5, 1, 1),
+                        f"RXA-5 CVX '{_code(cvx)}' is {status} and cannot be an administered "
+                        "dose", INVALID_VALUE, "business.cvx_not_administrable")
             self.empty_field(i, 5, "R", APPLICATION_ERROR)
             return
         if mvx and (i, 17) not in self.emptied:
             if ndc:
-                self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
-                         f"RXA-17 manufacturer '{_code(mvx)}' is not the maker of RXA-5 NDC "
-                         f"'{_code(ndc)}' ({self.v.tables.ndc_mvx[ndc][0]})",
-                         ILLOGICAL_VALUE, "business.ndc_mvx_mismatch")
+                self.report(i, 17, APPLICATION_ERROR, W, (17, 1, 1),
+                            f"RXA-17 manufacturer '{_code(mvx)}' is not the maker of RXA-5 NDC "
+                            f"'{_code(ndc)}' ({self.v.tables.ndc_mvx[ndc][0]})",
+                            ILLOGICAL_VALUE, "business.ndc_mvx_mismatch")
             else:
-                self.add(i, 17, APPLICATION_ERROR, W, self.loc(i, 17, 1, 1),
-                         f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
-                         ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
+                self.report(i, 17, APPLICATION_ERROR, W, (17, 1, 1),
+                            f"RXA-17 manufacturer '{_code(mvx)}' does not make CVX '{_code(cvx)}'",
+                            ILLOGICAL_VALUE, "business.cvx_mvx_mismatch")
 
     def _rxa_codes(self, s: Segment) -> tuple[str, str, str, str, bool]:
         """(CVX, status when it cannot be administered, RXA-17 MVX when not its maker, NDC,
@@ -913,10 +963,10 @@ class _Run(_State):
             _n, obs, sub = self.obx(j)
             key = (obs, sub)
             if key[0] and key[1] and key in seen:
-                self.add(j, 4, APPLICATION_ERROR, W, self.loc(j, 4),
-                         f"OBX-4 sub-id '{_code(key[1])}' repeats observation "
-                         f"'{_code(key[0])}' in the same order group: sub-ids must differ",
-                         ILLOGICAL_VALUE, "business.obx_duplicate_subid")
+                self.report(j, 4, APPLICATION_ERROR, W, (4, 0, 0),
+                            f"OBX-4 sub-id '{_code(key[1])}' repeats observation "
+                            f"'{_code(key[0])}' in the same order group: sub-ids must differ",
+                            ILLOGICAL_VALUE, "business.obx_duplicate_subid")
             seen[key] = j
 
     # -- propagation ---------------------------------------------------------------------
@@ -931,15 +981,15 @@ class _Run(_State):
                 continue  # an RE/O segment just disappears; its 101 said so
             if inst is self.root:
                 self.rejected = True
-                self.add(i, 10**6, SEGMENT_ERROR, E, self.loc(i),
-                         f"{sid} is a required segment and was rejected: message rejected",
-                         None, "propagation.segment")
+                self.report(i, 10**6, SEGMENT_ERROR, E, (0, 0, 0),
+                            f"{sid} is a required segment and was rejected: message rejected",
+                            None, "propagation.segment")
                 continue
             group = self.parent.get(id(inst), (None, None))[1]
             gname = group.group if group is not None else "group"
-            self.add(i, 10**6, SEGMENT_ERROR, E, self.loc(i),
-                     f"{sid} is a required segment of group {gname}: group rejected",
-                     None, "propagation.segment")
+            self.report(i, 10**6, SEGMENT_ERROR, E, (0, 0, 0),
+                        f"{sid} is a required segment of group {gname}: group rejected",
+                        None, "propagation.segment")
             self._reject_instance(inst, i)
         # losing every ORDER group of a message that had some rejects the message
         if self.dropped:
@@ -1000,6 +1050,20 @@ def _read(seg: Segment, n: int) -> str:
     return "1" if raw.count("|") < len(raw) - 3 else ""
 
 
+def _leaf(rep: str, comp: int, d: Delimiters) -> str:
+    """`Segment.value(n, comp, 1, k)` of field n's repetition k, from its raw text `rep`."""
+    if d.component in rep:
+        parts = rep.split(d.component)
+        if comp > len(parts):
+            return ""
+        rep = parts[comp - 1]
+    elif comp != 1:
+        return ""
+    if d.subcomponent in rep:
+        rep = rep.split(d.subcomponent, 1)[0]
+    return unescape(rep, d) if d.escape in rep else rep
+
+
 def _code(value: str) -> str:
     """A code as quoted in an ERR text: short and printable (codes are not PHI; text could be)."""
     cleaned = "".join(ch for ch in value if ch.isprintable())
@@ -1010,8 +1074,12 @@ class Validator:
     """All profiles compiled at start-up; `validate` is pure and never raises."""
 
     def __init__(self, profiles: Mapping[str, CompiledProfile], tables: CodeTables,
-                 overlay: Overlay | None, overrides: Mapping[str, Severity]) -> None:
+                 overlay: Overlay | None, overrides: Mapping[str, Severity],
+                 *, full_check: bool = False) -> None:
         self.profiles = dict(profiles)
+        # the reference the tests compare with: every segment through the full check of all
+        # its fields, whatever the plans say (same results, only slower)
+        self.full_check = full_check
         self.tables = tables
         self.overlay = overlay
         self.overrides = dict(overrides)
@@ -1043,6 +1111,8 @@ class Validator:
         # business: RXA codes (and IZ-24's condition) per RXA-5/9/17/20 texts
         self.rxa_memo: dict[tuple[str, ...], tuple[str, str, str, str, bool]] = {}
         self.obx_memo: dict[str, tuple[str, str, str]] = {}  # OBX-1/3/4 values per OBX text
+        # one shared Issue per distinct finding (`_Run.report`)
+        self.issue_memo: dict[tuple[object, ...], Issue] = {}
 
     def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
         key = (p.id, tuple([seg.id for seg in message.segments]))
@@ -1058,7 +1128,8 @@ class Validator:
 
     @classmethod
     def load(cls, profiles_dir: Path | None = None, overlay: str | None = "cair2",
-             severity_overrides: Mapping[str, str] | None = None) -> Validator:
+             severity_overrides: Mapping[str, str] | None = None,
+             *, full_check: bool = False) -> Validator:
         base = profiles_dir or Path(engine.__file__).resolve().parents[1] / "profiles"
         tables = load_tables(base)
         ov = load_overlay(base, overlay) if overlay else None
@@ -1067,7 +1138,7 @@ class Validator:
             data = json.loads((base / f"{pid}.json").read_text(encoding="utf-8"))
             compiled[pid] = compile_profile(data, tables, ov if pid in INBOUND else None)
         overrides = {k: Severity(v) for k, v in (severity_overrides or {}).items()}
-        return cls(compiled, tables, ov, overrides)
+        return cls(compiled, tables, ov, overrides, full_check=full_check)
 
     def pick_profile(self, message: Message) -> str:
         msh = message.msh
