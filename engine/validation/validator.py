@@ -229,6 +229,12 @@ class _Shape(_State):
         # per statement the fields it reads, its segment indexes)
         self.stated = tuple((inst, sts, *self._projections(inst, sts), self.indexes(inst))
                             for inst, sts in self.groups if sts)
+        # group instance -> its number among the instances of its group (1, 2...), for the
+        # SetID statements of a group context (IZ-72: PID-1 of each RSP PATIENT group)
+        self.ordinals: dict[int, int] = {}
+        numbered: dict[str, int] = {}
+        for inst, _sts in self.groups:
+            numbered[inst.name] = self.ordinals[id(inst)] = numbered.get(inst.name, 0) + 1
         # (index, statement, field, expected value) of the SetID statements checked natively
         self.natives = tuple(
             (i, st, st.target_first, str(self.set_ids[rules.flavour].index(i) + 1))
@@ -743,6 +749,8 @@ class _Run(_State):
                 if st.check is None or lost:
                     if st.kind == "IMPLY" and st.id == "IZ-24":
                         self._vis(inst)
+                    elif st.kind == "SetID" and not lost:
+                        self._group_set_id(inst, st)
                     continue
                 if memos is None or projection is None:
                     ok = st.check(inst, segs)
@@ -769,6 +777,13 @@ class _Run(_State):
                     i, fld = self._group_target(inst, st.target)
                     self._statement_issue(i, st, fld)
         self._obx_set_ids()
+
+    def _group_set_id(self, inst: GroupNode, st: Statement) -> None:
+        """A SetID statement of a group context: the target field of the n-th instance of
+        the group is n (or empty)."""
+        i, fld = self._group_target(inst, st.target)
+        if fld and self.leaf(self.segs[i], fld) not in ("", str(self.shape.ordinals[id(inst)])):
+            self._statement_issue(i, st, fld)
 
     def _group_target(self, inst: GroupNode, target: str) -> tuple[int, int]:
         steps = parse_path(target)

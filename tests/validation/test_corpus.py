@@ -227,3 +227,19 @@ def test_example_responses_are_validated_outbound(path: Path) -> None:
     result = validator(None).validate_outbound(parse(path.read_text(errors="replace")))
     assert result.profile in ("Z23", "Z31", "Z32", "Z33", "Z42")
     assert all(i.rule != "internal" for i in result.issues)
+
+
+@needs_shared
+def test_rsp_patient_groups_are_numbered_from_one_iz_72() -> None:
+    """IZ-72 (Z31): PID-1 of the n-th PATIENT group is n; the CDC example (PID-1 = 1, 2) passes,
+    a second candidate numbered 3 is reported at that PID-1."""
+    text = read("cdc-ig/CDC-IG_RSP_Z31_candidates.hl7")
+    assert "\rPID|2|" in text
+    clean = validator(None).validate_outbound(parse(text))
+    assert clean.profile == "Z31"
+    assert not [i for i in clean.issues if i.rule == "IZ-72"]
+    skipped = validator(None).validate_outbound(parse(text.replace("\rPID|2|", "\rPID|3|")))
+    [issue] = [i for i in skipped.issues if i.rule == "IZ-72"]
+    loc = issue.location
+    assert (loc.segment, loc.sequence, loc.field) == ("PID", 2, 1)
+    assert issue.severity.value == "W"
