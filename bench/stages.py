@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from bench.vxu import fresh_postgres, make_messages
+from bench.vxu import fresh_postgres, make_messages, native_status
 from engine.config import Config
 from engine.handlers import build_handlers
 from engine.hl7.er7 import parse
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         ("parse+validate", lambda t: validator.validate(parse(t), TODAY)),
         ("parse+map", lambda t: mapper.map(parse(t))),
     ]
+    print(f"modules: {native_status()}")
     print(f"{len(texts)} unique synthetic VXUs, CPU us per message (process_time)")
     base = 0.0
     for name, fn in stages:

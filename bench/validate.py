@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from bench.vxu import make_messages
+from bench.vxu import make_messages, native_status
 from engine.config import IdentityConfig
 from engine.hl7.charset import peek_header
 from engine.hl7.er7 import parse
@@ -102,6 +102,7 @@ def main() -> None:
     repeated = args.n * args.rounds
 
     per_base, per_val = base_t / count * 1e6, val_t / count * 1e6
+    print(f"modules: {native_status()}")
     print(f"validator load (all 8 profiles, once at start-up): {load_s * 1000:.0f} ms CPU")
     print(f"HEADLINE - unique messages ({args.n} synthetic VXUs + {len(nist)} corpus messages "
           f"per round, {args.rounds} rounds), CPU us per message:")

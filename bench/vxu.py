@@ -81,6 +81,15 @@ def letters(n: int) -> str:
             return out
 
 
+def native_status() -> str:
+    """Which build ran: the parser and the validator compiled (mypyc, setup.py) or not."""
+    import engine.hl7.er7
+    import engine.validation.validator
+    compiled = [m.__name__ for m in (engine.hl7.er7, engine.validation.validator)
+                if not (m.__file__ or "").endswith(".py")]
+    return f"compiled (mypyc): {', '.join(compiled)}" if compiled else "interpreted"
+
+
 def make_messages(count: int, run: str) -> list[bytes]:
     """Unique, valid VXU^V04 Z22 messages: one new patient each, 1–3 administered doses."""
     out = []
@@ -371,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     echo = float(results["python-hl7 echo"]["rate"])  # type: ignore[arg-type]
     echo_cpu = float(results["python-hl7 echo"]["server_ms"])  # type: ignore[arg-type]
+    print(f"modules: {native_status()}")
     print(f"{args.messages} unique VXUs over {args.connections} MLLP connections, "
           f"{os.cpu_count()} CPUs")
     print(f"{'server':<22}{'msg/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'vs echo':>9}"
