@@ -54,7 +54,9 @@ FORMATS: dict[str, tuple[Callable[[str], bool], int]] = {
 
 
 def to_date(text: str) -> date | None:
-    """The calendar date of a DT/DTM value (None when absent or invalid)."""
-    if len(text) < 8 or not is_dtm(text):
+    """The calendar date of a DT/DTM value (None when absent, invalid or less precise than a
+    day: "2011-1411" is the year 2011 at UTC-14:11, not a date)."""
+    m = _DTM.fullmatch(text)
+    if m is None or m.group(3) is None or not is_dtm(text):
         return None
-    return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))

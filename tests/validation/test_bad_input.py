@@ -106,6 +106,12 @@ BAD = {
         edit(BASE_VXU, ("RXA", 3, "2023-13-45")), ("RXA^1^3^1^1", 102, "E", "datatype")),
     "calendar-invalid date": (
         edit(BASE_VXU, ("PID", 7, "20231345")), ("PID^1^7^1^1", 102, "E", "datatype")),
+    # a year with a time zone is a valid DTM but no date: the business rules must not read
+    # "2011-1411" as 2011, month -1 (it once made validation fail with an internal error)
+    "birth date with a time zone but no day": (
+        edit(BASE_VXU, ("PID", 7, "2011-1411")), ("PID^1^7", 102, "W", "IZ-TS_NZ")),
+    "vaccination date with a time zone but no day": (
+        edit(BASE_VXU, ("RXA", 3, "2024-1200")), ("RXA^1^3", 102, "W", "IZ-TS_NZ")),
     "text in NM": (
         edit(BASE_VXU, ("RXA", 6, "half")), ("RXA^1^6^1", 102, "E", "datatype")),
     "text in SI": (
