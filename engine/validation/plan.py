@@ -48,14 +48,15 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from engine.hl7.escape import DEFAULT_DELIMITERS, Delimiters
 from engine.validation.compiler import ComponentRule, FieldRule, SegmentRules, Statement
 from engine.validation.formats import FORMATS
 
-D = DEFAULT_DELIMITERS
-BLANK = D.component + D.subcomponent + D.repetition  # a field of only these is empty
+# Final: compiled, a module constant is a C static (a plain global is a dict look-up per use)
+D: Final = DEFAULT_DELIMITERS
+BLANK: Final = D.component + D.subcomponent + D.repetition  # a field of only these is empty
 
 # Conservative versions of formats.FORMATS (subsets of what those accept), default delimiters.
 _TIME = r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,4})?)?)?"
@@ -94,13 +95,43 @@ Verdict = tuple[bool, tuple[int, ...]]  # (clean, indexes of failing segment sta
 # 2 * 28 * 1024 * 0.6 kB + 640 * 256 * 0.25 kB = 34 + 41 MB (+ 3 MB of group statement keys);
 # real keys are far shorter (codes, short segments), and the suspect memo's keys are mostly
 # the very strings the verdict memo holds (a segment that is not clean is in both).
+# The sizes are read when a plan (or validator) is built, into its attributes and closures
+# (tests shrink them to clear the memos all the time); the text limits are Final.
 SEGMENT_MEMO = 1024
-MEMO_TEXT = 512
+MEMO_TEXT: Final = 512
 FIELD_MEMO = 256
-FIELD_TEXT = 128
+FIELD_TEXT: Final = 128
 Conditional = tuple[int, Callable[[list[str], Delimiters], bool], str, str, bool, bool]
-# (field, its pattern, coded test or None, memo of the pair's answer per field text, R?)
-FieldTest = tuple[int, re.Pattern[str], FieldCheck | None, dict[str, bool], bool]
+
+
+class FieldTest:
+    """One profiled field's clean test: its pattern and coded test, remembered per field text.
+
+    A class rather than a tuple: compiled, its attributes are typed slots, so the loop over
+    every field of every new segment reads them directly instead of unpacking a tuple (and
+    `fullmatch` is the pattern's bound method, not looked up by name per call).
+    """
+
+    def __init__(self, n: int, pattern: re.Pattern[str], check: FieldCheck | None,
+                 known: dict[str, bool], required: bool) -> None:
+        self.n = n
+        self.pattern = pattern
+        self.fullmatch: Callable[[str], re.Match[str] | None] = pattern.fullmatch
+        self.check = check
+        self.known = known  # the answer per field text (shared by pooled tests)
+        self.required = required
+        self.size = FIELD_MEMO
+
+    def passes(self, text: str) -> bool:
+        """The test of one valued field, remembered per field text."""
+        known = self.known
+        ok = known.get(text)
+        if ok is None:
+            check = self.check
+            ok = self.fullmatch(text) is not None and (check is None or check(text))
+            if len(text) <= FIELD_TEXT:
+                remember(known, text, ok, self.size)
+        return ok
 
 
 def _maxlen(n: int, chars: str) -> str:
@@ -237,6 +268,7 @@ def _field_check(rule: FieldRule, comps: tuple[ComponentRule, ...],
     pick = operator.itemgetter(*[k - 1 for k in sorted(reads)])
     flag = tuple(k - 1 for k in sorted(flags))
     memo: dict[tuple[object, ...], bool] = {}
+    bound = FIELD_MEMO
 
     def composite(raw: str) -> bool:
         if "~" in raw:
@@ -251,7 +283,7 @@ def _field_check(rule: FieldRule, comps: tuple[ComponentRule, ...],
             got = composite_check(raw)
             size = len(texts) if isinstance(texts, str) else sum(map(len, texts))
             if size <= FIELD_TEXT:
-                remember(memo, key, got, FIELD_MEMO)
+                remember(memo, key, got, bound)
         return got
     return composite
 
@@ -272,13 +304,14 @@ def remember(memo: dict[K, V], key: K, value: V, size: int) -> None:
 def _memo(check: FieldCheck) -> FieldCheck:
     """`check`, remembering its answer per field text (the dynamic OBX-5 cases)."""
     memo: dict[str, bool] = {}
+    bound = FIELD_MEMO
 
     def cached(raw: str) -> bool:
         got = memo.get(raw)
         if got is None:
             got = check(raw)
             if len(raw) <= FIELD_TEXT:
-                remember(memo, raw, got, FIELD_MEMO)
+                remember(memo, raw, got, bound)
         return got
     return cached
 
@@ -319,6 +352,9 @@ class SegmentPlan:
     always: frozenset[int] = frozenset()
     suspect_memo: dict[str, tuple[FieldRule, ...]] = field(default_factory=dict,
                                                           compare=False, repr=False)
+    # memo sizes (SEGMENT_MEMO, FIELD_MEMO when the plan was built)
+    segment_memo: int = 1024
+    field_memo: int = 256
 
     def verdict(self, raw: str, fields: list[str]) -> Verdict:
         """(clean?, failing segment statements) of a default-delimiter segment.
@@ -344,7 +380,7 @@ class SegmentPlan:
             ok = not _conditionals_off(fields, valued, blank)
         got = (ok and self.clean_fields(fields), failing)
         if len(raw) <= MEMO_TEXT:
-            remember(memo, raw, got, SEGMENT_MEMO)
+            remember(memo, raw, got, self.segment_memo)
         return got
 
     def suspects(self, raw: str, fields: list[str]) -> tuple[FieldRule, ...]:
@@ -370,23 +406,24 @@ class SegmentPlan:
         if self.pick is not None:
             _failing, valued, blank = self._every(fields)
             bad.update(_conditionals_off(fields, valued, blank))
-        for n, pattern, check, known, required in self.fields:
+        for test in self.fields:
+            n = test.n
             if n >= count:
-                if required:
+                if test.required:
                     bad.add(n)
                 continue
             text = fields[n]
             if not text:
-                if required:
+                if test.required:
                     bad.add(n)
                 continue
-            if not _passes(pattern, check, known, text):
+            if not test.passes(text):
                 bad.add(n)
         if self.dynamic is not None and not self._dynamic_clean(fields):
             bad.add(self.dynamic[0])
         got = tuple([r for r in self.rules if r.n in bad])
         if len(raw) <= MEMO_TEXT:
-            remember(memo, raw, got, SEGMENT_MEMO)
+            remember(memo, raw, got, self.segment_memo)
         return got
 
     def _every(self, fields: list[str]) -> Outcomes:
@@ -400,7 +437,7 @@ class SegmentPlan:
             every = self._outcomes(fields, count)
             size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
             if size <= FIELD_TEXT:
-                remember(self.outcomes, key, every, FIELD_MEMO)
+                remember(self.outcomes, key, every, self.field_memo)
         return every
 
     def _outcomes(self, fields: list[str], count: int) -> Outcomes:
@@ -420,7 +457,7 @@ class SegmentPlan:
                        tuple(cond(fields, D) for _n, cond, *_rest in conds))
                 size = len(key) if isinstance(key, str) else sum(map(len, key))  # type: ignore[call-overload]
                 if size <= FIELD_TEXT:
-                    remember(known, key, out, FIELD_MEMO)
+                    remember(known, key, out, self.field_memo)
             bad, outcomes = out
             failing += bad
             for (n, _cond, true_usage, false_usage, if_empty, if_valued), outcome in zip(
@@ -438,15 +475,16 @@ class SegmentPlan:
         at, head = self.head
         if count <= self.last_required or fields[at] != head:
             return False
-        for n, pattern, check, known, required in self.fields:
+        for test in self.fields:
+            n = test.n
             if n >= count:
                 break  # sorted by field number; absent fields are not R (last_required)
             text = fields[n]
             if not text:  # the pattern of a field that is not R accepts ""
-                if required:
+                if test.required:
                     return False
                 continue
-            if not _passes(pattern, check, known, text):
+            if not test.passes(text):
                 return False
         if self.dynamic is not None:
             return self._dynamic_clean(fields)
@@ -471,16 +509,6 @@ class SegmentPlan:
         pattern, check = case
         return pattern.fullmatch(raw) is not None and (check is None or check(raw))
 
-
-def _passes(pattern: re.Pattern[str], check: FieldCheck | None, known: dict[str, bool],
-            text: str) -> bool:
-    """One valued field's test: its pattern and coded test, remembered per field text."""
-    ok = known.get(text)
-    if ok is None:
-        ok = pattern.fullmatch(text) is not None and (check is None or check(text))
-        if len(text) <= FIELD_TEXT:
-            remember(known, text, ok, FIELD_MEMO)
-    return ok
 
 
 def _conditionals_off(fields: list[str], valued: tuple[int, ...], blank: tuple[int, ...]
@@ -537,12 +565,12 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
         elif statements:
             check = _all_reps(statements)
         if check is not None:
-            tests.append((n, re.compile(pattern), check, {}, usage == "R"))
+            tests.append(FieldTest(n, re.compile(pattern), check, {}, usage == "R"))
         else:
             pooled = shared.get(pattern)
             if pooled is None:
                 pooled = shared[pattern] = (re.compile(pattern), {})
-            tests.append((n, pooled[0], None, pooled[1], usage == "R"))
+            tests.append(FieldTest(n, pooled[0], None, pooled[1], usage == "R"))
     dynamic = None
     if rules.dynamic is not None:
         n, ref, case_map = rules.dynamic
@@ -559,7 +587,7 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
     reads = tuple(sorted({n for group in groups for n in group[0]}))
     # fields the slow path always checks: no field test (MSH-1/2), a rule shadowed by
     # another of the same number, a datatype statement without its component-list form
-    tested = {t[0] for t in tests}
+    tested = {t.n for t in tests}
     always = frozenset(
         r.n for r in rules.fields
         if r.n not in tested or by_n[r.n] is not r
@@ -570,7 +598,8 @@ def build_plan(rules: SegmentRules, datatypes: Mapping[str, tuple[ComponentRule,
                        head=(2, D.encoding_characters) if msh else (0, rules.id),
                        dynamic=dynamic,
                        native=any(st.check is None for st in rules.statements),
-                       statements=groups, rules=rules.fields, always=always)
+                       statements=groups, rules=rules.fields, always=always,
+                       segment_memo=SEGMENT_MEMO, field_memo=FIELD_MEMO)
 
 
 def _statement_groups(statements: tuple[Statement, ...],

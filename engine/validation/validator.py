@@ -71,6 +71,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Final
 
 import engine
 from engine.errors import Issue, Location, Severity
@@ -101,25 +102,42 @@ from engine.validation.plan import (
     remember,
 )
 
-E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFORMATION
-INBOUND = ("Z22", "Z34", "Z44")
-OUTBOUND = ("Z23", "Z31", "Z32", "Z33", "Z42")
+# Final: compiled, a module constant is inlined or a C static (a plain global is a dict
+# look-up per use)
+E: Final = Severity.ERROR
+W: Final = Severity.WARNING
+INFO: Final = Severity.INFORMATION
+INBOUND: Final = ("Z22", "Z34", "Z44")
+OUTBOUND: Final = ("Z23", "Z31", "Z32", "Z33", "Z42")
 
 # 0357 codes
-SEGMENT_ERROR, REQUIRED_MISSING, DATATYPE_ERROR, TABLE_VALUE = 100, 101, 102, 103
-ACCEPTED, APPLICATION_ERROR = 0, 999
+SEGMENT_ERROR: Final = 100
+REQUIRED_MISSING: Final = 101
+DATATYPE_ERROR: Final = 102
+TABLE_VALUE: Final = 103
+ACCEPTED: Final = 0
+APPLICATION_ERROR: Final = 999
 # 0533 codes (CDC)
-ILLOGICAL_DATE, INVALID_DATE, ILLOGICAL_VALUE, INVALID_VALUE = 1, 2, 3, 4
-TABLE_NOT_FOUND, REQUIRED_DATA_MISSING, DATA_IGNORED = 5, 7, 8
+ILLOGICAL_DATE: Final = 1
+INVALID_DATE: Final = 2
+ILLOGICAL_VALUE: Final = 3
+INVALID_VALUE: Final = 4
+TABLE_NOT_FOUND: Final = 5
+REQUIRED_DATA_MISSING: Final = 7
+DATA_IGNORED: Final = 8
 
 _SEVERITIES = {s.value: s for s in Severity}
 # Positions where a generic usage finding has a more specific, stable rule id.
 RULE_ALIASES = {("RXA", 18): "business.refusal_without_reason"}
-_NONE: frozenset[int] = frozenset()
-_NONE_FIELDS: frozenset[tuple[int, int]] = frozenset()
-SHAPE_CACHE_SIZE = 1024  # distinct (profile, segment-id sequence) structures kept
+_NONE: Final[frozenset[int]] = frozenset()
+_NONE_FIELDS: Final[frozenset[tuple[int, int]]] = frozenset()
+SHAPE_CACHE_SIZE: Final = 1024  # distinct (profile, segment-id sequence) structures kept
 # group statement keys hold whole segment texts (a path may stop at a segment); 6 such memos
-GROUP_TEXT = 2048
+GROUP_TEXT: Final = 2048
+# The later passes read a few fields of segments the plans answered from their memo without
+# splitting them (OBX-3 for IZ-23, NK1-1 for its SetID...): one of the first PEEK_FIELDS fields
+# is found in the text (a few `find`s) rather than by splitting the segment (a string per field)
+PEEK_FIELDS: Final = 5
 # what a group statement reads, per segment: (segment index, fields), a field number n > 0
 # meaning field n, 0 the whole segment text, -1 whether any of its fields is valued
 Projection = tuple[tuple[int, tuple[int, ...]], ...]
@@ -464,7 +482,7 @@ class _Run(_State):
         issue = memo.get(key)
         if issue is None:
             issue = Issue(code, sev, Location(sid, seq, fld, rep, comp), text, app, rule)
-            remember(memo, key, issue, SEGMENT_MEMO)
+            remember(memo, key, issue, self.v.segment_memo)
         self.found.append(((i, key_field, len(self.found)), issue))
 
     # -- fields --------------------------------------------------------------------------
@@ -760,10 +778,8 @@ class _Run(_State):
                     read: list[str] = []
                     for i, ns in projection:
                         seg = segs[i]
-                        f = seg.fields
-                        count = len(f)
                         for n in ns:
-                            read.append((f[n] if n < count else "") if n > 0 else _read(seg, n))
+                            read.append(_read(seg, n))
                     texts = tuple(read)
                     key = (signature, texts)
                     memo = memos[id(st)]
@@ -771,7 +787,7 @@ class _Run(_State):
                     if got is None:
                         got = st.check(inst, segs)
                         if sum(map(len, texts)) <= GROUP_TEXT:
-                            remember(memo, key, got, FIELD_MEMO)
+                            remember(memo, key, got, self.v.field_memo)
                     ok = got
                 if not ok:
                     i, fld = self._group_target(inst, st.target)
@@ -896,7 +912,7 @@ class _Run(_State):
             if got is None:
                 got = self._rxa_codes(s)
                 if sum(map(len, key)) <= FIELD_TEXT:
-                    remember(memo, key, got, FIELD_MEMO)
+                    remember(memo, key, got, self.v.field_memo)
             cvx, status, mvx, ndc, vis = got
         self.vis_due[i] = vis
         if status:
@@ -945,10 +961,13 @@ class _Run(_State):
         """`s.value(n)`: quicker with default delimiters and no escape or repetition."""
         if self.failing is None:
             return s.value(n)
-        f = s.fields
-        if n >= len(f):
-            return ""
-        raw = f[n]
+        if n <= PEEK_FIELDS and s.id != "MSH":
+            raw = _peek(s.raw, n)
+        else:
+            f = s.fields
+            if n >= len(f):
+                return ""
+            raw = f[n]
         if "\\" in raw or "~" in raw or (n <= 2 and s.id == "MSH"):
             return s.value(n)
         if "^" in raw:
@@ -966,7 +985,7 @@ class _Run(_State):
         if got is None:
             got = (self.leaf(s, 1), self.leaf(s, 3), self.leaf(s, 4))
             if len(s.raw) <= MEMO_TEXT:
-                remember(memo, s.raw, got, SEGMENT_MEMO)
+                remember(memo, s.raw, got, self.v.segment_memo)
         return got
 
     def _obx_subids(self, order: GroupNode) -> None:
@@ -1053,8 +1072,10 @@ def _field(fields: list[str], n: int) -> str:
 
 def _read(seg: Segment, n: int) -> str:
     """What a group statement reads of a segment (`_Shape._projections`): field `n`, the
-    whole text (0) or whether any field is valued (-1)."""
+    whole text (0) or whether any field is valued (-1); default delimiters."""
     if n > 0:
+        if n <= PEEK_FIELDS and seg.id != "MSH":
+            return _peek(seg.raw, n)
         f = seg.fields
         return f[n] if n < len(f) else ""
     if n == 0:
@@ -1063,6 +1084,18 @@ def _read(seg: Segment, n: int) -> str:
         return "1" if any(seg.fields[1:]) else ""
     raw = seg.raw  # a field is valued when anything but separators follows the id
     return "1" if raw.count("|") < len(raw) - 3 else ""
+
+
+def _peek(raw: str, n: int) -> str:
+    """Field `n` (> 0) of a segment text other than MSH, default delimiters: `fields[n]` (or
+    "") without splitting the segment (see PEEK_FIELDS)."""
+    at = 0
+    for _ in range(n):
+        at = raw.find("|", at) + 1
+        if not at:
+            return ""
+    end = raw.find("|", at)
+    return raw[at:] if end < 0 else raw[at:end]
 
 
 def _leaf(rep: str, comp: int, d: Delimiters) -> str:
@@ -1095,6 +1128,8 @@ class Validator:
         # the reference the tests compare with: every segment through the full check of all
         # its fields, whatever the plans say (same results, only slower)
         self.full_check = full_check
+        # memo sizes, read once (tests shrink them to clear the memos all the time)
+        self.segment_memo, self.field_memo = SEGMENT_MEMO, FIELD_MEMO
         self.tables = tables
         self.overlay = overlay
         self.overrides = dict(overrides)
@@ -1113,7 +1148,7 @@ class Validator:
             pid: {flavour: build_plan(rules, p.datatypes, p.datatype_statements, shared)
                   for flavour, rules in p.segments.items()}
             for pid, p in self.profiles.items()}
-        self._shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
+        self._shapes: dict[str, _Shape] = {}  # per profile id + segment ids
         # the result of a message without findings (immutable: shared)
         self.clean = {pid: ValidationResult(pid, (), False, _NONE, _NONE_FIELDS)
                       for pid in self.profiles}
@@ -1130,10 +1165,13 @@ class Validator:
         self.issue_memo: dict[tuple[object, ...], Issue] = {}
 
     def _shape(self, p: CompiledProfile, message: Message) -> _Shape:
-        key = (p.id, tuple([seg.id for seg in message.segments]))
+        # segment ids have 3 characters (the parser checks): their concatenation is a key
+        # hashed and compared at once, where a tuple hashes every id (new strings) and
+        # compares them one by one
+        key = p.id + "/".join([seg.id for seg in message.segments])  # ids never hold "/"
         shape = self._shapes.get(key)
         if shape is None:
-            shape = _Shape(self, p, key[1])
+            shape = _Shape(self, p, tuple([seg.id for seg in message.segments]))
             if len(self._shapes) >= SHAPE_CACHE_SIZE:
                 # arbitrary segment soup must not grow memory without bound; real traffic
                 # refills the few shapes it uses at once
@@ -1157,6 +1195,9 @@ class Validator:
 
     def pick_profile(self, message: Message) -> str:
         msh = message.msh
+        raw = msh.field(9)
+        if raw.startswith("VXU") and (len(raw) == 3 or raw[3] == msh.delimiters.component):
+            return "Z22"  # MSH-9.1 is VXU (the common case, without the general look-up)
         mtype = msh.value(9, 1)
         if mtype == "VXU":
             return "Z22"

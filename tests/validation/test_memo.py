@@ -103,8 +103,8 @@ def test_memos_stay_bounded() -> None:
         for p in plans.values():
             assert len(p.memo) <= plan_module.SEGMENT_MEMO
             assert len(p.outcomes) <= plan_module.FIELD_MEMO
-            for _n, _pattern, _check, known, _required in p.fields:
-                assert len(known) <= plan_module.FIELD_MEMO
+            for test in p.fields:
+                assert len(test.known) <= plan_module.FIELD_MEMO
             for _reads, _pick, fails, _sts, _conds in p.statements:
                 assert len(fails) <= plan_module.FIELD_MEMO
     for memo in v.group_memos.values():
