@@ -12,17 +12,24 @@ NATIVE := $(VENV)/.native-build
 
 .PHONY: run test lint install
 
-$(BIN)/iz-engine: pyproject.toml
+# Compiled modules are deleted before every build: a build that compiles nothing
+# (IZ_PURE_PYTHON=1, or a failed one) must not leave older ones shadowing the sources.
+CLEAN_NATIVE := rm -f $(addsuffix /*.so,$(NATIVE_DIRS)) engine_*__mypyc*.so
+TOUCH_NATIVE := find $(NATIVE_DIRS) . -maxdepth 1 -name '*.so' -exec touch {} +
+
+$(BIN)/iz-engine: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(CLEAN_NATIVE)
 	$(BIN)/pip install --quiet -e '.[test]'
-	find $(NATIVE_DIRS) . -maxdepth 1 -name '*.so' -exec touch {} +
+	$(TOUCH_NATIVE)
 	touch $(BIN)/iz-engine $(NATIVE)
 
+# the same compiler as the install's (mypy and setuptools pinned in the test extras)
 $(NATIVE): $(BIN)/iz-engine $(NATIVE_SRC)
-	rm -f $(addsuffix /*.so,$(NATIVE_DIRS)) engine_*__mypyc*.so
+	$(CLEAN_NATIVE)
 	$(BIN)/python setup.py --quiet build_ext --inplace
-	find $(NATIVE_DIRS) . -maxdepth 1 -name '*.so' -exec touch {} +  # copies keep old times
+	$(TOUCH_NATIVE)  # the copies out of build/ keep older times
 	touch $(NATIVE)
 
 install: $(BIN)/iz-engine $(NATIVE)

@@ -2,9 +2,10 @@
 (setup.py), built from its Python sources.
 
 A compiled module shadows its `.py` on import, so a stale build would run yesterday's code:
-these tests fail when a compiled module is older than any source of its package, and, where
-the environment says the build is expected (CI: IZ_EXPECT_NATIVE=1), when any of those
-modules runs interpreted.
+these tests fail when a compiled module is older than any source of its package or has no
+source left, when the installed package cannot import the build from outside the checkout
+(the console script's view), and, where the environment says the build is expected (CI:
+IZ_EXPECT_NATIVE=1), when any of those modules runs interpreted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,23 @@ def test_every_module_is_compiled_when_the_native_build_is_expected(package: str
     if os.environ.get("IZ_EXPECT_NATIVE") != "1":
         pytest.skip("IZ_EXPECT_NATIVE is not set (CI sets it)")
     assert sorted(_compiled(package)) == _modules(package)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_compiled_module_outlives_its_source(package: str) -> None:
+    folder = ROOT / package
+    orphans = sorted(p.name for p in folder.iterdir() if p.name.endswith(EXTENSION)
+                     and not (folder / f"{p.name.split('.')[0]}.py").exists())
+    assert not orphans, f"compiled modules without a source: {orphans}; run `make install`"
+
+
+def test_the_installed_package_loads_the_build_from_outside_the_checkout(tmp_path: Path) -> None:
+    """What `iz-engine` sees: no repository root on sys.path, only the installed package."""
+    code = ("import engine.validation.validator as v, engine.hl7.er7 as p; "
+            "print(v.__file__); print(p.__file__)")
+    env = {k: val for k, val in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = [Path(line) for line in done.stdout.split()]
+    assert all(path.resolve().is_relative_to(ROOT) for path in loaded), loaded

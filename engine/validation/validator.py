@@ -40,8 +40,8 @@ Execution (what runs per message, and why it is cheap when the message is clean)
   shares one immutable result per profile.
   Bounds: each memo is a dict cleared when full - plan.SEGMENT_MEMO (1024) segment texts
   of up to plan.MEMO_TEXT (512) characters per plan (verdicts, suspects) and for the OBX
-  memo, SEGMENT_MEMO findings for the Issue memo (short texts: names, descriptions and codes
-  cut to 20 characters, never data values); plan.FIELD_MEMO (256) keys of up to
+  memo, SEGMENT_MEMO findings for the Issue memo (short texts: rule names, descriptions and
+  the offending codes cut to 20 characters - codes, never names, dates or ids); plan.FIELD_MEMO (256) keys of up to
   plan.FIELD_TEXT (128) characters per field test / composite test / statement group / plan
   outcome / group statement / RXA / date memo (group statement keys: up to GROUP_TEXT,
   2048) - about 80 MB in the worst case (see plan.py), far less with real keys. Look-ups and
@@ -247,12 +247,15 @@ class _Shape(_State):
         # per statement the fields it reads, its segment indexes)
         self.stated = tuple((inst, sts, *self._projections(inst, sts), self.indexes(inst))
                             for inst, sts in self.groups if sts)
-        # group instance -> its number among the instances of its group (1, 2...), for the
-        # SetID statements of a group context (IZ-72: PID-1 of each RSP PATIENT group)
+        # group instance -> its number among the instances of its group under the same
+        # parent instance (1, 2...), for the SetID statements of a group context (IZ-72:
+        # PID-1 of each RSP PATIENT group)
         self.ordinals: dict[int, int] = {}
-        numbered: dict[str, int] = {}
+        numbered: dict[tuple[int, str], int] = {}
         for inst, _sts in self.groups:
-            numbered[inst.name] = self.ordinals[id(inst)] = numbered.get(inst.name, 0) + 1
+            up = self.parent.get(id(inst))
+            key = (id(up[0]) if up is not None else 0, inst.name)
+            numbered[key] = self.ordinals[id(inst)] = numbered.get(key, 0) + 1
         # (index, statement, field, expected value) of the SetID statements checked natively
         self.natives = tuple(
             (i, st, st.target_first, str(self.set_ids[rules.flavour].index(i) + 1))
