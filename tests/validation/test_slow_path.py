@@ -13,6 +13,7 @@ emptied fields must all be identical.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 
@@ -188,3 +189,42 @@ def test_suspect_and_issue_memos_stay_bounded() -> None:
     sizes = [len(p.suspect_memo) for plans in v.plans.values() for p in plans.values()]
     assert 0 < max(sizes) <= plan_module.SEGMENT_MEMO
     assert 0 < len(v.issue_memo) <= plan_module.SEGMENT_MEMO
+
+
+def _other_delimiters(text: str) -> str | None:
+    """The same message with '#' as its subcomponent separator (None if '#' is in use):
+    escapes name delimiters symbolically (\\T\\), so a plain swap re-encodes it exactly."""
+    head = "MSH|^~\\&"
+    if "#" in text or not text.startswith(head):
+        return None
+    return "MSH|^~\\#" + text[len(head):].replace("&", "#")
+
+
+def _comparable(result: ValidationResult, *, swapped: bool) -> ValidationResult:
+    """A result with the texts read back to '&' and IZ-13 (MSH-2 is exactly ^~\\&) left out,
+    the one finding the other delimiters rightly add."""
+    issues = tuple(
+        dataclasses.replace(i, text=i.text.replace("#", "&")) if swapped else i
+        for i in result.issues if i.rule != "IZ-13")
+    return dataclasses.replace(result, issues=issues)
+
+
+def test_results_do_not_depend_on_the_delimiters() -> None:
+    """An independent reference for everything the fast paths share with the full check
+    (plans, statement memos, field peeks, the Issue memo, the profile and shape short cuts):
+    with other delimiters none of them is used, so the corpus, the samples and their
+    mutations must get the same findings, rejections and emptied fields either way."""
+    v = Validator.load()
+    rnd = random.Random(20261206)
+    texts = [*CORPUS, BASE_VXU, BASE_Z34]
+    texts += rnd.sample(_batch(), 1500)
+    compared = 0
+    for text in texts:
+        alt = _other_delimiters(text)
+        if alt is None:
+            continue
+        default = _comparable(_validate(v, text), swapped=False)
+        other = _comparable(_validate(v, alt), swapped=True)
+        assert default == other, text
+        compared += 1
+    assert compared > 1000
