@@ -81,7 +81,7 @@ def parse_path(text: str) -> Path:
 
 
 # -- leaves of one repetition --------------------------------------------------------------
-def _leaf(rep: str, comp: int, sub: int, d: Delimiters) -> str:
+def rep_leaf(rep: str, comp: int, sub: int, d: Delimiters) -> str:
     """`Segment.value` semantics inside one raw repetition: the unescaped leaf or ""."""
     if d.component in rep:
         parts = rep.split(d.component)
@@ -145,7 +145,7 @@ def _rep_first_fn(comp: int, sub: int) -> Callable[[str, Delimiters], str | None
         return component
 
     def leaf(rep: str, d: Delimiters) -> str | None:
-        return _leaf(rep, comp, sub, d) or None
+        return rep_leaf(rep, comp, sub, d) or None
     return leaf
 
 

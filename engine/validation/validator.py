@@ -91,7 +91,7 @@ from engine.validation.compiler import (
     load_tables,
 )
 from engine.validation.formats import FORMATS, to_date
-from engine.validation.paths import GroupNode, parse_path
+from engine.validation.paths import GroupNode, parse_path, rep_leaf
 from engine.validation.plan import (
     FIELD_MEMO,
     FIELD_TEXT,
@@ -611,8 +611,8 @@ class _Run(_State):
             else:
                 bad = self._components(i, seg, r, rep_no, rep, comps)
                 if bad is None and r.binding is not None:
-                    cval = _leaf(rep, 1, d)  # seg.value(r.n, 1, 1, rep_no)
-                    system = _leaf(rep, 3, d)
+                    cval = rep_leaf(rep, 1, 1, d)  # seg.value(r.n, 1, 1, rep_no)
+                    system = rep_leaf(rep, 3, 1, d)
                     # a stray blank around a code is a typing slip, not another code
                     if cval.strip() and not r.binding(cval.strip(), system.strip()):
                         bad = (TABLE_VALUE, TABLE_NOT_FOUND,
@@ -1099,20 +1099,6 @@ def _peek(raw: str, n: int) -> str:
             return ""
     end = raw.find("|", at)
     return raw[at:] if end < 0 else raw[at:end]
-
-
-def _leaf(rep: str, comp: int, d: Delimiters) -> str:
-    """`Segment.value(n, comp, 1, k)` of field n's repetition k, from its raw text `rep`."""
-    if d.component in rep:
-        parts = rep.split(d.component)
-        if comp > len(parts):
-            return ""
-        rep = parts[comp - 1]
-    elif comp != 1:
-        return ""
-    if d.subcomponent in rep:
-        rep = rep.split(d.subcomponent, 1)[0]
-    return unescape(rep, d) if d.escape in rep else rep
 
 
 def _code(value: str) -> str:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
+
+from engine.hl7.er7 import Message, Segment, parse
+from engine.hl7.escape import DEFAULT_DELIMITERS
+from engine.validation import Validator
+from engine.validation.compiler import CompiledProfile, SegmentRules
+from engine.validation.plan import SegmentPlan
+from engine.validation.validator import _Shape
 
 TODAY = date(2025, 6, 1)
 
@@ -64,3 +73,32 @@ def edit(text: str, *changes: tuple[str, int, str] | tuple[str, int, str, int]) 
         occurrence = change[3] if len(change) == 4 else 1
         text = set_field(text, change[0], change[1], change[2], occurrence)
     return text
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One checked segment of an inbound default-delimiter message, with its plan's verdict."""
+
+    message: Message
+    profile: CompiledProfile
+    shape: _Shape
+    index: int
+    rules: SegmentRules
+    plan: SegmentPlan
+    segment: Segment
+    clean: bool
+
+
+def planned_segments(v: Validator, text: str) -> Iterator[Planned]:
+    """The segments the field pass checks with a plan (inbound messages with the default
+    delimiters only: the plans serve no others), each with `plan.verdict`'s answer."""
+    message = parse(text)
+    pid = v.pick_profile(message)
+    if pid not in ("Z22", "Z34", "Z44") or message.delimiters != DEFAULT_DELIMITERS:
+        return
+    p = v.profiles[pid]
+    shape = v._shape(p, message)
+    for i, rules, plan in shape.checks:
+        seg = message.segments[i]
+        clean, _bad = plan.verdict(seg.raw, seg.fields)
+        yield Planned(message, p, shape, i, rules, plan, seg, clean)

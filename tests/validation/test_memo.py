@@ -18,12 +18,11 @@ import pytest
 from bench.vxu import make_messages
 from engine.errors import Issue
 from engine.hl7.er7 import parse
-from engine.hl7.escape import DEFAULT_DELIMITERS
 from engine.validation import ValidationResult, Validator
 from engine.validation import plan as plan_module
 from engine.validation import validator as validator_module
 from tests.store.messages import Dose, vxu
-from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY, edit
+from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY, edit, planned_segments
 
 GARBAGE = ("", "ZZZ^ZZ^ZZ", "20250230", "\\F\\x", "~~", "&&^^", "CP", "RE", "00", "01",
            "V02^x^HL70064", "20300101", "19000101", "08^x^CVX~20^y^CVX", "X" * 600)
@@ -120,22 +119,14 @@ def test_plan_clean_means_the_full_check_finds_nothing() -> None:
     texts = _batch()
     seen_clean = seen_dirty = 0
     for text in texts + texts:  # the second pass answers from warm memos
-        message = parse(text)
-        pid = v.pick_profile(message)
-        if pid not in ("Z22", "Z34", "Z44") or message.delimiters != DEFAULT_DELIMITERS:
-            continue
-        p = v.profiles[pid]
-        shape = v._shape(p, message)
-        for i, rules, plan in shape.checks:
-            seg = message.segments[i]
-            clean, _bad = plan.verdict(seg.raw, seg.fields)
-            run = validator_module._Run(v, p, message, TODAY, shape)
+        for s in planned_segments(v, text):
+            run = validator_module._Run(v, s.profile, s.message, TODAY, s.shape)
             before = len(run.found)
-            run._segment(i, rules)
+            run._segment(s.index, s.rules)
             full_clean = len(run.found) == before and not run.emptied and not run.r_empty
-            if clean:
+            if s.clean:
                 seen_clean += 1
-                assert full_clean, (text, i)
+                assert full_clean, (text, s.index)
             else:
                 seen_dirty += 1
     assert seen_clean and seen_dirty

@@ -21,11 +21,10 @@ import pytest
 
 from bench.validate import corpus
 from engine.hl7.er7 import parse
-from engine.hl7.escape import DEFAULT_DELIMITERS
 from engine.validation import ValidationResult, Validator
 from engine.validation import plan as plan_module
 from engine.validation import validator as validator_module
-from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY
+from tests.validation.messages import BASE_VXU, BASE_Z34, TODAY, planned_segments
 
 CORPUS = [data.decode("utf-8", errors="replace") for data in corpus()]
 needs_corpus = pytest.mark.skipif(not CORPUS, reason="../shared/messages is not present")
@@ -150,26 +149,18 @@ def test_suspects_are_the_fields_with_findings() -> None:
         texts += list(_mutations(base, rnd, 2))
     checked = 0
     for text in texts:
-        message = parse(text)
-        pid = v.pick_profile(message)
-        if pid not in ("Z22", "Z34", "Z44") or message.delimiters != DEFAULT_DELIMITERS:
-            continue
-        p = v.profiles[pid]
-        shape = v._shape(p, message)
-        for i, rules, plan in shape.checks:
-            seg = message.segments[i]
-            clean, _bad = plan.verdict(seg.raw, seg.fields)
-            if clean:
+        for s in planned_segments(v, text):
+            if s.clean:
                 continue
-            suspects = plan.suspects(seg.raw, seg.fields)
-            assert [r for r in rules.fields if r in suspects] == list(suspects)
-            full = validator_module._Run(v, p, message, TODAY, shape)
-            full._segment(i, rules)
-            part = validator_module._Run(v, p, message, TODAY, shape)
-            part._segment(i, rules, suspects)
+            suspects = s.plan.suspects(s.segment.raw, s.segment.fields)
+            assert [r for r in s.rules.fields if r in suspects] == list(suspects)
+            full = validator_module._Run(v, s.profile, s.message, TODAY, s.shape)
+            full._segment(s.index, s.rules)
+            part = validator_module._Run(v, s.profile, s.message, TODAY, s.shape)
+            part._segment(s.index, s.rules, suspects)
             assert ([x for _k, x in part.found] == [x for _k, x in full.found]
                     and part.emptied == full.emptied and part.r_empty == full.r_empty), (
-                text, i)
+                text, s.index)
             checked += 1
     assert checked
 
