@@ -41,10 +41,10 @@ Execution (what runs per message, and why it is cheap when the message is clean)
   Bounds: each memo is a dict cleared when full - plan.SEGMENT_MEMO (1024) segment texts
   of up to plan.MEMO_TEXT (512) characters per plan (verdicts, suspects) and for the OBX
   memo, SEGMENT_MEMO findings for the Issue memo (short texts: rule names, descriptions and
-  the offending codes cut to 20 characters - codes, never names, dates or ids); plan.FIELD_MEMO (256) keys of up to
-  plan.FIELD_TEXT (128) characters per field test / composite test / statement group / plan
-  outcome / group statement / RXA / date memo (group statement keys: up to GROUP_TEXT,
-  2048) - about 80 MB in the worst case (see plan.py), far less with real keys. Look-ups and
+  the offending codes cut to 20 characters - codes, never names, dates or ids);
+  plan.FIELD_MEMO (256) keys of up to plan.FIELD_TEXT (128) characters per field test /
+  composite test / statement group / plan outcome / group statement / RXA / date memo (group
+  statement keys: up to GROUP_TEXT, 2048) - about 80 MB in the worst case (see plan.py), far less with real keys. Look-ups and
   stores are single dict operations (`.get`, never `in` then `[...]`), so a thread pool
   sharing one Validator stays correct under the GIL: a clear racing a look-up only costs a
   recomputation.
