@@ -13,11 +13,23 @@ neighbour hits both alike; the figure that matters is the ratio (target <= 1.5x)
 repo root:
 
     PYTHONPATH=. .venv/bin/python bench/validate.py [--n 2000] [--rounds 3] [--message PATH]
+
+`--instructions` counts instead of timing (needs valgrind): the same workload (one warm-up
+stream, then one stream of unique messages) runs three times under cachegrind, measuring
+nothing, parse+ACK, and parse+validate+ACK over that stream; the differences are the
+instructions per message of each, and their ratio is the overhead figure free of the noise
+of a shared machine (instructions are not time: allocation and cache misses weigh
+differently, so the timed figure stays the headline).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
@@ -55,19 +67,14 @@ def cpu(fn: Callable[[bytes], object], items: list[bytes]) -> float:
     return time.process_time() - started
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000, help="unique synthetic VXUs per round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--message", type=Path, default=DEFAULT,
-                    help="the message of the secondary, repeated-message line")
-    args = ap.parse_args()
+Step = Callable[[bytes], None]
+
+
+def steps(validator: Validator) -> tuple[Step, Step]:
+    """(parse+ACK, parse+validate+ACK) of one message, with a fixed clock and control id."""
     zone = timezone(timedelta(hours=-8))
     builder = ResponseBuilder(IdentityConfig(), clock=lambda: datetime(2025, 6, 1, tzinfo=zone),
                               ids=lambda: "ACK1")
-    t0 = time.process_time()
-    validator = Validator.load()
-    load_s = time.process_time() - t0
 
     def baseline(data: bytes) -> None:
         parse(data.decode("utf-8", errors="replace"))
@@ -77,6 +84,69 @@ def main() -> None:
         message = parse(data.decode("utf-8", errors="replace"))
         result = validator.validate(message, TODAY)
         builder.ack(peek_header(data), list(result.issues))
+    return baseline, validated
+
+
+MODES = ("none", "baseline", "validated")
+
+
+def run_mode(mode: str, n: int) -> None:
+    """One counted run: warm up on one stream, then run `mode` over another (unique) one."""
+    baseline, validated = steps(Validator.load())
+    nist = corpus()
+    warm, stream = make_messages(n, "warm") + nist, make_messages(n, "counted") + nist
+    cpu(validated, warm)  # every mode warms alike: only the counted loop differs
+    if mode != "none":
+        cpu(baseline if mode == "baseline" else validated, stream)
+
+
+def count_instructions(n: int) -> None:
+    """Run `run_mode` under cachegrind per mode and print instructions per message."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+    count = n + len(corpus())
+    refs = {}
+    for mode in MODES:
+        done = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+             "--cachegrind-out-file=/dev/null", sys.executable, __file__, "--n", str(n),
+             "--run-mode", mode],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True,
+            check=True)
+        found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count in valgrind's output for {mode}")
+        refs[mode] = int(found.group(1).replace(",", ""))
+    base = (refs["baseline"] - refs["none"]) / count
+    val = (refs["validated"] - refs["none"]) / count
+    print(f"modules: {native_status()}")
+    print(f"instructions per message ({n} synthetic VXUs + {count - n} corpus messages, "
+          "after a warm-up stream of as many):")
+    print(f"  parse+ACK:          {base:10,.0f}")
+    print(f"  parse+validate+ACK: {val:10,.0f}   (validation {val - base:,.0f})")
+    print(f"  validation overhead ratio: {val / base:.2f}x (target <= 1.50x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000, help="unique synthetic VXUs per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--message", type=Path, default=DEFAULT,
+                    help="the message of the secondary, repeated-message line")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions under valgrind instead of timing")
+    ap.add_argument("--run-mode", choices=MODES, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run_mode:
+        run_mode(args.run_mode, args.n)
+        return
+    if args.instructions:
+        count_instructions(args.n)
+        return
+    t0 = time.process_time()
+    validator = Validator.load()
+    load_s = time.process_time() - t0
+    baseline, validated = steps(validator)
 
     nist = corpus()
     validated(make_messages(1, "warm")[0])  # first-call costs (imports, shape cache) aside

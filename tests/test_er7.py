@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from engine.errors import MessageParseError
 from engine.hl7 import Delimiters, encode, escape, parse, unescape
 from engine.hl7.er7 import SegmentTree
+from engine.hl7.escape import DEFAULT_DELIMITERS
 
 VXU = (
     "MSH|^~\\&|EHR|CLINIC|CAIR2|CAIR2|20240101120000-0800||VXU^V04^VXU_V04|CTL-1|P|2.5.1|||ER|AL|||||Z22^CDCPHINVS\r"
@@ -73,6 +74,14 @@ def test_custom_delimiters_are_read_from_msh() -> None:
     assert msg.delimiters == Delimiters("!", "#", "~", "\\", "&")
     pid = msg.first("PID")
     assert pid is not None and pid.value(3, 2) == "B"
+
+
+def test_the_usual_delimiters_are_one_shared_value() -> None:
+    """`|^~\\&` (the usual case) gives DEFAULT_DELIMITERS itself, so a check for the usual
+    delimiters is an identity test; a truncation character (2.7) gives a value of its own."""
+    assert parse("MSH|^~\\&|APP|FAC\rPID|1\r").delimiters is DEFAULT_DELIMITERS
+    seven = parse("MSH|^~\\&#|APP|FAC\rPID|1\r").delimiters
+    assert seven is not DEFAULT_DELIMITERS and seven.truncation == "#"
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,8 @@ def read_delimiters(header: str) -> Delimiters:
     if not header.startswith("MSH") or len(header) < 8:
         raise MessageParseError("Message does not start with a readable MSH segment",
                                 Location("MSH", 1), code=100)
+    if header.startswith("MSH|^~\\&|"):
+        return DEFAULT_DELIMITERS  # the usual ones: one shared value, compared by identity
     fs = header[3]
     end = header.find(fs, 4)
     enc = header[4:end] if end >= 0 else header[4:]
