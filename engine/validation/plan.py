@@ -153,7 +153,9 @@ def _component_pattern(c: ComponentRule) -> str:
     value = _value(c.maxlen, fmt, r"^^|~&\\")
     body = value + rest if fmt is None else f"(?:&*|{value}{rest})"
     if c.usage == "R":
-        body = r"(?=[^^|~]*[^^|~&])" + body
+        # valued: its first character after any "&" is a value character (one step, where
+        # "some character of the component is not &" would scan the whole component)
+        body = r"(?=&*[^^|~&])" + body
     return body
 
 
@@ -191,7 +193,8 @@ def _field_pattern(rule: FieldRule, comps: tuple[ComponentRule, ...], datatype: 
             f"(?:~{rep})*" if rule.max == 0 else f"(?:~{rep}){{0,{rule.max - 1}}}")
         body = rep + more
     if usage == "R":
-        return r"(?=[^|]*[^|^&~])" + body
+        # valued: the first character that is not ^ & ~ is not | (nor the end)
+        return r"(?=[\^&~]*[^|^&~])" + body
     return rf"(?:[\^&~]*|{body})"
 
 

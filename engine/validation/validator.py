@@ -138,9 +138,9 @@ GROUP_TEXT: Final = 2048
 # splitting them (OBX-3 for IZ-23, NK1-1 for its SetID...): one of the first PEEK_FIELDS fields
 # is found in the text (a few `find`s) rather than by splitting the segment (a string per field)
 PEEK_FIELDS: Final = 5
-# what a group statement reads, per segment: (segment index, fields), a field number n > 0
-# meaning field n, 0 the whole segment text, -1 whether any of its fields is valued
-Projection = tuple[tuple[int, tuple[int, ...]], ...]
+# what a group statement reads: (segment index, field) pairs, a field number n > 0 meaning
+# field n, 0 the whole segment text, -1 whether any of the segment's fields is valued
+Projection = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,11 +341,7 @@ class _Shape(_State):
                 reads.extend((i, n) for n in sorted(fields))
             # a statement reading two fields or fewer costs about what its memo key would,
             # and such keys (ORC-3 in IZ-45...) rarely repeat: evaluated directly
-            by_segment: dict[int, list[int]] = {}
-            for i, n in reads:
-                by_segment.setdefault(i, []).append(n)
-            projections.append(tuple((i, tuple(ns)) for i, ns in by_segment.items())
-                               if len(reads) > 2 else None)
+            projections.append(tuple(reads) if len(reads) > 2 else None)
         return signature, tuple(projections)
 
     def _obx_restart(self) -> tuple[str, ...]:
@@ -778,12 +774,7 @@ class _Run(_State):
                 else:
                     # default delimiters: the result is a pure function of the structure and
                     # the texts read (see _Shape._projections), remembered per statement
-                    read: list[str] = []
-                    for i, ns in projection:
-                        seg = segs[i]
-                        for n in ns:
-                            read.append(_read(seg, n))
-                    texts = tuple(read)
+                    texts = tuple([_read(segs[i], n) for i, n in projection])
                     key = (signature, texts)
                     memo = memos[id(st)]
                     got = memo.get(key)
