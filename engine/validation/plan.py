@@ -151,7 +151,9 @@ def _component_pattern(c: ComponentRule) -> str:
     fmt = _FAST_FORMATS.get(c.datatype)
     rest = r"(?:&[^^|~\\]*)?"
     value = _value(c.maxlen, fmt, r"^^|~&\\")
-    body = value + rest if fmt is None else f"(?:&*|{value}{rest})"
+    # a formatted value first: sent values are the common case ("&*" first would match "" and
+    # backtrack for every valued component); the alternatives accept the same texts
+    body = value + rest if fmt is None else f"(?:{value}{rest}|&*)"
     if c.usage == "R":
         # valued: its first character after any "&" is a value character (one step, where
         # "some character of the component is not &" would scan the whole component)

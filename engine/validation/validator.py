@@ -1076,8 +1076,9 @@ def _read(seg: Segment, n: int) -> str:
         return seg.raw
     if seg.id == "MSH" or seg.delimiters.field != "|":
         return "1" if any(seg.fields[1:]) else ""
-    raw = seg.raw  # a field is valued when anything but separators follows the id
-    return "1" if raw.count("|") < len(raw) - 3 else ""
+    # a field is valued when anything but field separators follows the id (rstrip: no copy
+    # unless the text ends with a separator)
+    return "1" if len(seg.raw.rstrip("|")) > 3 else ""
 
 
 def _peek(raw: str, n: int) -> str:
