@@ -21,7 +21,7 @@ import yaml
 
 from engine.config import IdentityConfig
 from engine.errors import Issue, Severity
-from engine.hl7.charset import Header
+from engine.hl7.charset import Header, codec_for
 from engine.hl7.escape import DEFAULT_DELIMITERS, escape
 
 ACKS_DIR = Path(__file__).resolve().parents[1] / "acks"
@@ -149,6 +149,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# MSH-18 of a response encoded in another character set than UTF-8 (the pipeline answers in
+# the request's): what a reader needs to decode it, as its table 0211 name. A response in
+# UTF-8 leaves MSH-18 empty, which this engine (and most peers) read as UTF-8.
+_RESPONSE_CHARSETS = {"latin-1": "8859/1", "ascii": "ASCII"}
+
+
+def response_charset(header: Header) -> str:
+    """MSH-18 for a response to `header`: "" for UTF-8, else the codec's table 0211 name."""
+    return _RESPONSE_CHARSETS.get(codec_for(header.charset, header.component_sep) or "", "")
+
+
 def _safe_field(raw: str, header: Header) -> str:
     """A request header field, re-usable verbatim in our (standard-delimiter) response.
 
@@ -198,7 +209,7 @@ class ResponseBuilder:
         key = (header.field_sep, header.component_sep, header.receiving_application,
                header.receiving_facility, header.sending_application, header.sending_facility,
                header.processing_id, header.responsible_receiving_org,
-               header.responsible_sending_org, message_type, profile)
+               header.responsible_sending_org, header.charset, message_type, profile)
         parts = self._msh_parts.get(key)
         if parts is None:
             if len(self._msh_parts) >= 4096:  # bounded: senders are few, but be safe
@@ -223,7 +234,7 @@ class ResponseBuilder:
         after = [
             processing,
             "2.5.1",
-            "", "", "NE", "NE", "", "", "", "",
+            "", "", "NE", "NE", "", response_charset(header), "", "",
             profile,
         ]
         if header.responsible_receiving_org or header.responsible_sending_org:

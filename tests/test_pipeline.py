@@ -171,6 +171,25 @@ def test_non_ascii_sender_names_are_echoed_intact() -> None:
     assert msa_seg is not None and msa_seg.value(2) == "CTL-ñ"
 
 
+@pytest.mark.parametrize(
+    ("charset", "sender", "declared"),
+    [(b"8859/1", "Clínica".encode("latin-1"), "8859/1"),
+     (b"ISO-8859-1", "Clínica".encode("latin-1"), "8859/1"),
+     (b"ASCII", b"Clinica", "ASCII"),
+     (b"UNICODE UTF-8", "Clínica".encode(), ""),
+     (b"", "Clínica".encode(), "")])
+def test_a_response_in_another_character_set_says_which(charset: bytes, sender: bytes,
+                                                        declared: str) -> None:
+    """The ACK is encoded in the request's character set, so its MSH-18 names it whenever a
+    reader could not take it for UTF-8 (found by the pipeline fuzz test: a Latin-1 byte in
+    MSH-3 came back undeclared, unreadable as UTF-8); an alias is answered by its table 0211
+    name, and the echoed sender reads back as sent."""
+    payload = with_msh(18, charset).replace(b"|EHR|", b"|" + sender + b"|")
+    ack = read(fixed_pipeline().process(payload))
+    assert ack.msh.field(18) == declared
+    assert ack.msh.field(5).encode("latin-1" if declared else "utf-8") == sender
+
+
 # -- the caches on the hot path must not change a byte ------------------------------------
 
 def test_timestamp_follows_the_clock_across_seconds_and_zones() -> None:
