@@ -28,7 +28,7 @@ from engine.errors import (
     UnsupportedProcessingId,
     UnsupportedVersionId,
 )
-from engine.hl7.charset import Header, codec_for, decode, peek_header
+from engine.hl7.charset import Header, decode, peek_header, response_codec
 from engine.hl7.er7 import Message, parse
 from engine.observability.logging import get_logger
 from engine.observability.metrics import Metrics
@@ -168,8 +168,8 @@ class Pipeline:
         return accept_issues(header, self.accept)
 
     def _encode(self, text: str, header: Header) -> bytes:
-        codec = codec_for(header.charset, header.component_sep) or "utf-8"
-        return text.encode(codec, errors="replace")
+        return text.encode(response_codec(header.charset, header.component_sep),
+                           errors="replace")
 
     def _answer(self, header: Header, issues: Sequence[Issue], ack_code: str | None) -> bytes:
         started = perf_counter()

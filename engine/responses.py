@@ -21,7 +21,7 @@ import yaml
 
 from engine.config import IdentityConfig
 from engine.errors import Issue, Severity
-from engine.hl7.charset import Header, codec_for
+from engine.hl7.charset import Header, response_codec
 from engine.hl7.escape import DEFAULT_DELIMITERS, escape
 
 ACKS_DIR = Path(__file__).resolve().parents[1] / "acks"
@@ -155,9 +155,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 _RESPONSE_CHARSETS = {"latin-1": "8859/1", "ascii": "ASCII"}
 
 
-def response_charset(header: Header) -> str:
-    """MSH-18 for a response to `header`: "" for UTF-8, else the codec's table 0211 name."""
-    return _RESPONSE_CHARSETS.get(codec_for(header.charset, header.component_sep) or "", "")
+def _response_charset(header: Header) -> str:
+    """MSH-18 for a response to `header`: "" for UTF-8, else its codec's table 0211 name."""
+    return _RESPONSE_CHARSETS.get(response_codec(header.charset, header.component_sep), "")
 
 
 def _safe_field(raw: str, header: Header) -> str:
@@ -234,7 +234,7 @@ class ResponseBuilder:
         after = [
             processing,
             "2.5.1",
-            "", "", "NE", "NE", "", response_charset(header), "", "",
+            "", "", "NE", "NE", "", _response_charset(header), "", "",
             profile,
         ]
         if header.responsible_receiving_org or header.responsible_sending_org:

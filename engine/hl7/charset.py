@@ -37,6 +37,12 @@ def codec_for(msh18: str, component_sep: str = "^") -> str | None:
     return CHARSETS.get(declared_charset(msh18, component_sep))
 
 
+def response_codec(charset: str, component_sep: str = "^") -> str:
+    """The codec a response to a request declaring MSH-18 `charset` is encoded in: the
+    request's own, UTF-8 when it declared none or one we do not support."""
+    return codec_for(charset, component_sep) or "utf-8"
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """MSH fields read without parsing the message; every value may be "" when unreadable."""
